@@ -1,0 +1,16 @@
+"""What activities share inside one worker process: settings, blob store, database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import Settings
+from store.blobs import BlobStore
+from store.db import PredictionStore
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    blobs: BlobStore
+    store: PredictionStore | None = None  # only the orchestration worker touches the database

@@ -1,0 +1,51 @@
+"""Embed/compare stage: FESTIVE embeds every lifted function and searches the references.
+
+Runs on the gpu task queue; the model is loaded once per worker process and uses CUDA
+when the worker has it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import activity
+
+from activities.deps import Deps
+from activities.heartbeat import in_thread_with_heartbeat
+from common.contracts import EmbedRequest, EmbedResult
+
+
+class Embed:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @activity.defn(name="embed_compare")
+    async def embed_compare(self, request: EmbedRequest) -> EmbedResult:
+        results = await in_thread_with_heartbeat(self._attribute, request, detail="embedding")
+        results_sha = self.deps.blobs.put_json(results)
+        return EmbedResult(
+            results_sha256=results_sha,
+            model_version=str(results.get("model_version", "")),
+            verdict=str(results.get("verdict", "")),
+            device=str(results.get("device", "")),
+        )
+
+    def _attribute(self, request: EmbedRequest) -> dict[str, Any]:
+        from festive.engine import load_engine  # heavy (numpy/torch): loaded in the worker only
+
+        blobs = self.deps.blobs
+        engine = load_engine()
+        children = [
+            {"sha256": item.child.sha256, "name": item.child.name,
+             "lift": blobs.read_json(item.lift_sha256)}
+            for item in request.lifted
+        ]
+        results = engine.attribute(children)
+        results["device"] = engine.device
+        report = blobs.read_json(request.unpack_report_sha256)
+        if report.get("skipped"):
+            results["skipped"] = {
+                entry.get("name", f"entry {i}"): {k: str(v) for k, v in entry.items()}
+                for i, entry in enumerate(report["skipped"][:200])
+            }
+        return results

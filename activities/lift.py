@@ -1,0 +1,125 @@
+"""Lift stage: angr CFGFast on one binary, in a child process with memory and time limits.
+
+A child per binary (rather than a shared pool) means a crafted sample that crashes,
+hangs or bloats angr takes down only its own process, and a revoke can kill it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.deps import Deps
+from common.config import PROJECT_ROOT
+from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
+from lifting.angr_lift import LIFT_FORMAT
+from lifting.child import EXIT_MEMORY, EXIT_OK, EXIT_UNSUPPORTED
+
+HEARTBEAT_S = 2.0
+PR_SET_PDEATHSIG = 1
+
+
+def _limit_child(memory_bytes: int) -> None:
+    """Runs in the child before exec: own process group, memory cap, die with the parent."""
+    os.setsid()
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Lift:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @activity.defn(name="lift_binary")
+    async def lift_binary(self, request: LiftRequest) -> LiftResult:
+        blobs = self.deps.blobs
+        child = request.child
+        cache_kind = f"lift-{LIFT_FORMAT.replace('/', '-')}"
+        cached = blobs.get_derived(cache_kind, child.sha256)
+        if cached is not None:
+            lifted = blobs.read_json(cached)
+            return LiftResult(child, cached, lifted["binary"]["arch"], len(lifted["functions"]),
+                              cached=True)
+
+        with tempfile.TemporaryDirectory(dir=blobs.root / "tmp", prefix="lift-") as work:
+            out = Path(work) / "lift.json.gz"
+            await self._run_child(str(blobs.path(child.sha256)), str(out), child.name)
+            lift_sha, _ = blobs.put_file(out)
+        blobs.set_derived(cache_kind, child.sha256, lift_sha)
+        lifted = blobs.read_json(lift_sha)
+        return LiftResult(child, lift_sha, lifted["binary"]["arch"], len(lifted["functions"]),
+                          cached=False)
+
+    async def _run_child(self, sample: str, out: str, name: str) -> None:
+        settings = self.deps.settings
+        memory = settings.lift_memory_mb * 1024 * 1024
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lifting.child", sample, out,
+            cwd=PROJECT_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: _limit_child(memory),
+        )
+        last_line = "starting angr"
+        stderr_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.lift_timeout_s
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), HEARTBEAT_S)  # type: ignore[union-attr]
+                except TimeoutError:
+                    line = None
+                if line == b"":
+                    break
+                if line:
+                    last_line = line.decode(errors="replace").strip()
+                activity.heartbeat(f"{name}: {last_line}")
+                if loop.time() > deadline:
+                    raise ApplicationError(
+                        f"lifting {name} took longer than {settings.lift_timeout_s} s; "
+                        "the binary is too large or built to stall the analysis",
+                        type=BAD_SAMPLE, non_retryable=True,
+                    )
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled, timed out or failed: never leave angr running
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        stderr = (await stderr_task).decode(errors="replace")
+        _raise_for_exit(code, stderr, name, settings.lift_memory_mb)
+
+
+def _raise_for_exit(code: int, stderr: str, name: str, memory_mb: int) -> None:
+    if code == EXIT_OK:
+        return
+    errors = [ln[6:] for ln in stderr.splitlines() if ln.startswith("ERROR ")]
+    message = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
+    if code == EXIT_UNSUPPORTED:
+        raise ApplicationError(f"{name}: {message}", type=BAD_SAMPLE, non_retryable=True)
+    if code == EXIT_MEMORY:
+        raise ApplicationError(
+            f"{name}: lifting exceeded the memory limit of {memory_mb} MiB",
+            type=BAD_SAMPLE, non_retryable=True,
+        )
+    if code < 0:
+        # A signal: SIGSEGV/SIGABRT from angr's native parts on crafted input is
+        # deterministic, so retrying would only repeat it.
+        signame = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
+        raise ApplicationError(
+            f"{name}: the angr process died with {signame}", type=BAD_SAMPLE, non_retryable=True
+        )
+    raise ApplicationError(f"{name}: {message}", type=BAD_SAMPLE, non_retryable=True)

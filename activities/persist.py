@@ -1,0 +1,35 @@
+"""Persist stage, and the row changes the workflow makes when it starts, fails or is revoked."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.deps import Deps
+from common.contracts import PersistRequest, StatusUpdate
+
+
+class Persist:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @property
+    def _store(self):  # noqa: ANN202 - the store is always set on the orchestration worker
+        assert self.deps.store is not None, "persist activities need a database"
+        return self.deps.store
+
+    @activity.defn(name="persist_results")
+    async def persist_results(self, request: PersistRequest) -> bool:
+        blobs = self.deps.blobs
+        results = blobs.read_json(request.results_sha256)
+        explanation = blobs.read_bytes(request.explanation_sha256).decode()
+        return await self._store.save_results(
+            request.sha256, request.model_name, request.run_id, request.model_version,
+            results, explanation,
+        )
+
+    @activity.defn(name="record_status")
+    async def record_status(self, update: StatusUpdate) -> bool:
+        return await self._store.set_status(
+            update.sha256, update.model_name, update.run_id, update.status,
+            update.model_version, update.error_details,
+        )

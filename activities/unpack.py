@@ -1,0 +1,51 @@
+"""Unpack stage: find every executable in the sample (archives opened safely)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from unpacking.extract import BadSample, UnpackLimits, unpack_sample
+
+from activities.deps import Deps
+from activities.heartbeat import in_thread_with_heartbeat
+from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
+
+
+class Unpack:
+    def __init__(self, deps: Deps, limits: UnpackLimits | None = None) -> None:
+        self.deps = deps
+        self.limits = limits or UnpackLimits()
+
+    @activity.defn(name="unpack_sample")
+    async def unpack_sample(self, request: AnalyzeRequest) -> UnpackResult:
+        blobs = self.deps.blobs
+        if not blobs.exists(request.sha256):
+            # The API stores the blob before starting the workflow; a missing blob means
+            # the blob directory was wiped or is not shared with this worker.
+            raise ApplicationError(
+                f"sample {request.sha256} is not in the blob store at {blobs.root}",
+                type="MissingSample",
+            )
+        try:
+            report = await in_thread_with_heartbeat(
+                unpack_sample, blobs, request.sha256, self.limits, detail="unpacking"
+            )
+        except BadSample as exc:
+            raise ApplicationError(str(exc), type=BAD_SAMPLE, non_retryable=True) from exc
+        children = [
+            BinaryChild(
+                sha256=c.sha256, name=c.name or request.filename or c.sha256[:12],
+                format=c.format, depth=c.depth, size=c.size, parent_sha256=c.parent_sha256,
+            )
+            for c in report.children
+        ]
+        report_sha = blobs.put_json(
+            {
+                "children": [dataclasses.asdict(c) for c in children],
+                "skipped": report.skipped,
+                "archives": report.archives,
+            }
+        )
+        return UnpackResult(children=children, report_sha256=report_sha)

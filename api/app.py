@@ -1,0 +1,117 @@
+"""The route table: every operation of the seed, with its summary, tag and parameters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from temporalio.service import RPCError
+
+from api import handlers as h
+from api.schemas import (
+    Check,
+    CrystalBallVersion,
+    Detail,
+    PredictionInfoOut,
+    PredictionOut,
+    PredictionStoreVersion,
+    QueueId,
+    SampleId,
+    StatusResponse,
+)
+from api.state import ApiState
+from common.config import API_VERSION, Settings, load_settings
+from store.blobs import BlobStore
+from store.db import PredictionStore
+
+EXTERNAL, INTERNAL = "External", "Internal"
+
+# (method, path, handler, summary, tag, description prefix, response model)
+ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
+    ("GET", "/ping", h.ping, "Ping", "Health Check",
+     f"{EXTERNAL} Ping to check health of attribution-api service", Check),
+    ("POST", "/samples", h.submit_sample, "Submit Sample", "Sample",
+     f"{EXTERNAL} Submit Sample for prediction", SampleId),
+    ("GET", "/predictions/{sha256_hash}/status", h.get_status, "Get Status", "Prediction",
+     f"{EXTERNAL} Get prediction status of sample", StatusResponse),
+    ("GET", "/predictions/{sha256_hash}/{model_name}/results", h.get_results, "Get Results",
+     "Prediction", f"{EXTERNAL} Get prediction results of sample", PredictionOut),
+    ("POST", "/predictions/{sha256_hash}/{model_name}/revoke", h.revoke_prediction_task,
+     "Revoke Prediction Task", "Revoke",
+     f"{EXTERNAL} Revoke prediction task that's currently running", Detail),
+    ("POST", "/internal/queue/{sha256_hash}/revoke", h.revoke_task, "Revoke Task", "Revoke",
+     f"{INTERNAL} Interfaces directly with AMQP to revoke task", SampleId),
+    ("GET", "/internal/queue/{sha256_hash}", h.queue_status, "Queue Status Retrieval", "Queue",
+     f"{INTERNAL} Interfaces directly with AMQP to get status", QueueId),
+    ("POST", "/internal/queue/{sha256_hash}/festive", h.queue_festive_task, "Queue FESTIVE Task",
+     "Queue", f"{INTERNAL} Queue prediction task to FESTIVE", SampleId),
+    ("POST", "/internal/predictions/{sha256_hash}/{model_name}", h.create_prediction,
+     "Create Prediction", "CRUD", f"{INTERNAL} Create prediction row in db", None),
+    ("GET", "/internal/predictions/{sha256_hash}", h.read_predictions, "Read Predictions",
+     "CRUD", f"{INTERNAL} Read all model predictions of one hash", list[PredictionOut]),
+    ("GET", "/internal/predictions/{sha256_hash}/info", h.read_prediction_info,
+     "Read Prediction Info", "CRUD",
+     f"{INTERNAL} Read all model predictions of one hash but without results",
+     list[PredictionInfoOut]),
+    ("GET", "/internal/predictions/{sha256_hash}/{model_name}", h.read_prediction,
+     "Read Prediction", "CRUD", f"{INTERNAL} Read one model prediction of one hash",
+     PredictionOut),
+    ("PUT", "/internal/predictions/{sha256_hash}/{model}/task/{celery_task_id}",
+     h.update_celery_task_id, "Update Celery Task ID", "CRUD",
+     f"{INTERNAL} Update Prediction row with celery task id", None),
+    ("PUT", "/internal/predictions/{sha256_hash}/{model}/results", h.update_predictions,
+     "Update Predictions", "CRUD", f"{INTERNAL} Update empty prediction row with results", None),
+    ("PUT", "/internal/predictions/{sha256_hash}/{model}/explanation", h.update_explanations,
+     "Update Explanations", "CRUD", f"{INTERNAL} Update empty prediction row with explanation",
+     None),
+    ("DELETE", "/internal/predictions/{sha256_hash}/{model}", h.delete_prediction,
+     "Delete prediction", "CRUD", f"{INTERNAL} Delete prediction row", None),
+    ("GET", "/versions", h.get_versions, "Get Versions", "Meta",
+     f"{EXTERNAL} Get all container image versions", None),
+    ("GET", "/internal/versions/crystal-ball", h.get_crystal_ball_version,
+     "Get Version of Crystal Ball", "Meta",
+     f"{INTERNAL} Get container image version of crystal-ball", CrystalBallVersion),
+    ("GET", "/internal/versions/prediction-store", h.get_prediction_store_version,
+     "Get Version of Prediction Store", "Meta",
+     f"{INTERNAL} Get container image version of prediction-store", PredictionStoreVersion),
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = PredictionStore(settings.database_url)
+        await store.init_schema()
+        app.state.ae = ApiState(settings=settings, blobs=BlobStore(settings.blob_dir), store=store)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="Attribution Engine v2",
+        version=API_VERSION,
+        description="REST API to interact with Function Similarity Models",
+        license_info={"name": "AGPLv3", "identifier": "AGPL-3.0-only"},
+        lifespan=lifespan,
+    )
+    for method, path, handler, summary, tag, description, model in ROUTES:
+        app.add_api_route(
+            path, handler, methods=[method], summary=summary, tags=[tag],
+            description=description, response_model=model,
+            response_model_by_alias=True,
+            operation_id=summary.lower().replace(" ", "_"),
+        )
+
+    @app.exception_handler(RPCError)
+    async def temporal_unavailable(_request: Request, exc: RPCError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503, content={"detail": f"the Temporal server answered: {exc.message}"}
+        )
+
+    return app

@@ -1,0 +1,103 @@
+"""Request and response models: the seed's shapes, field for field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.contracts import MODEL_NAME
+
+SHA256_EXAMPLE = "b8af48fc5dc8371d6b00b16029e9ab9027e2da86fa6d8dbda181df464226a3a8"
+TASK_ID_EXAMPLE = "550e8400-e29b-41d4-a716-446655440000"
+
+
+class ModelName(StrEnum):
+    FESTIVE = MODEL_NAME
+
+
+Sha256Hash = Annotated[
+    str,
+    Path(
+        title="Hash", min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$",
+        description="sha256 of the sample, 64 hex characters", examples=[SHA256_EXAMPLE],
+    ),
+]
+ModelNameParam = Annotated[ModelName, Path(title="Name", examples=[MODEL_NAME])]
+TaskId = Annotated[UUID, Path(title="Task ID", examples=[TASK_ID_EXAMPLE])]
+
+# dict[str, str | dict[str, dict[str, str]]]: the seed's type; keys in the README.
+PredictionResults = dict[str, str | dict[str, dict[str, str]]]
+
+
+class Check(BaseModel):
+    check: bool
+
+
+class SampleId(BaseModel):
+    sample_id: str = Field(examples=[SHA256_EXAMPLE])
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+class QueueId(BaseModel):
+    id: str = Field(examples=[TASK_ID_EXAMPLE])
+
+
+class StatusResponse(BaseModel):
+    status: dict[str, str] = Field(
+        description="Celery-style word per model: PENDING, STARTED, RETRY, SUCCESS, FAILURE, "
+        "REVOKED"
+    )
+    detailed_status: dict[str, dict[str, Any]] = Field(
+        description="Temporal's view per model: execution status, stage, attempt, last "
+        "failure, timings, pending activities"
+    )
+
+
+class PredictionOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(examples=[MODEL_NAME])
+    error_details: str | None = None
+    sha256_hash: str = Field(examples=[SHA256_EXAMPLE])
+    predicted_at: datetime | None = None
+    celery_task_id: str | None = Field(default=None, examples=[TASK_ID_EXAMPLE])
+    prediction_results: PredictionResults | None = None
+    explanation_results: str | None = None
+
+
+class PredictionInfoOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    error_details: str | None = None
+    sha256_hash: str
+    predicted_at: datetime | None = None
+    celery_task_id: str | None = None
+
+
+class PredictionUpdate(BaseModel):
+    prediction_results: PredictionResults | None = Field(default=None, title="Prediction")
+
+
+class ExplanationUpdate(BaseModel):
+    explanation_results: str | None = Field(default=None, title="Explanation")
+
+
+class CrystalBallVersion(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    crystal_ball: str = Field(alias="crystal-ball")
+
+
+class PredictionStoreVersion(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    prediction_store: str = Field(alias="prediction-store")

@@ -1,0 +1,48 @@
+"""What the API process holds: settings, blob store, database, and a Temporal client."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException, Request
+from temporalio.client import Client
+
+from common.config import Settings
+from store.blobs import BlobStore
+from store.db import PredictionStore
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    blobs: BlobStore
+    store: PredictionStore
+    client: Client | None = None
+    _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def temporal(self) -> Client:
+        """Connect on first use, so the API starts (and serves stored results) without Temporal."""
+        if self.client is not None:
+            return self.client
+        async with self._connect_lock:
+            if self.client is None:
+                try:
+                    self.client = await asyncio.wait_for(
+                        Client.connect(
+                            self.settings.temporal_address,
+                            namespace=self.settings.temporal_namespace,
+                        ),
+                        timeout=10,
+                    )
+                except Exception as exc:
+                    raise HTTPException(
+                        503,
+                        f"the Temporal server at {self.settings.temporal_address} is not "
+                        f"reachable: {exc}",
+                    ) from exc
+        return self.client
+
+
+def get_state(request: Request) -> ApiState:
+    return request.app.state.ae

@@ -1,0 +1,64 @@
+"""Settings from the environment, with embedded single-machine defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+API_VERSION = "2.4.8"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("AE_DATA_DIR", PROJECT_ROOT / "data"))
+    )
+    database_url_override: str | None = field(
+        default_factory=lambda: os.environ.get("DATABASE_URL")
+    )
+    temporal_address: str = field(
+        default_factory=lambda: os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    )
+    temporal_namespace: str = field(
+        default_factory=lambda: os.environ.get("TEMPORAL_NAMESPACE", "default")
+    )
+    queue_prefix: str = field(default_factory=lambda: os.environ.get("AE_QUEUE_PREFIX", "ae"))
+    max_upload_bytes: int = field(
+        default_factory=lambda: _env_int("AE_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
+    )
+    lift_timeout_s: int = field(default_factory=lambda: _env_int("AE_LIFT_TIMEOUT_S", 1800))
+    lift_memory_mb: int = field(default_factory=lambda: _env_int("AE_LIFT_MEMORY_MB", 8192))
+    cpu_slots: int = field(default_factory=lambda: _env_int("AE_CPU_SLOTS", os.cpu_count() or 1))
+
+    @property
+    def blob_dir(self) -> Path:
+        return Path(os.environ.get("AE_BLOB_DIR", self.data_dir / "blobs"))
+
+    @property
+    def database_url(self) -> str:
+        if self.database_url_override:
+            return self.database_url_override
+        return f"sqlite+aiosqlite:///{self.data_dir / 'attribution.db'}"
+
+    @property
+    def orchestration_queue(self) -> str:
+        return f"{self.queue_prefix}-orchestration"
+
+    @property
+    def cpu_queue(self) -> str:
+        return f"{self.queue_prefix}-cpu"
+
+    @property
+    def gpu_queue(self) -> str:
+        return f"{self.queue_prefix}-gpu"
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,126 @@
+"""What crosses Temporal: small dataclasses of hashes and names, never sample bytes.
+
+Imported by workflows, so this module must stay free of heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_NAME = "FESTIVE Func Sim"
+
+# Celery's words, kept for old clients.
+PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = (
+    "PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
+)
+FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+
+# Values of the Stage search attribute, in pipeline order.
+STAGES = ("queued", "unpack", "lift", "embed", "explain", "persist", "done")
+STAGE_FAILED, STAGE_REVOKED = "failed", "revoked"
+
+# Non-retryable failure type names: bad input fails once, with a clear message.
+BAD_SAMPLE = "BadSample"
+
+
+def workflow_id(model_name: str, sha256: str) -> str:
+    return f"analyze/{model_name}/{sha256}"
+
+
+@dataclass
+class AnalyzeRequest:
+    sha256: str
+    model_name: str
+    model_version: str
+    cpu_queue: str
+    gpu_queue: str
+    filename: str = ""
+
+
+@dataclass
+class BinaryChild:
+    sha256: str
+    name: str
+    format: str
+    depth: int
+    size: int
+    parent_sha256: str | None = None
+
+
+@dataclass
+class UnpackResult:
+    children: list[BinaryChild]
+    report_sha256: str  # blob: gzipped JSON of skipped entries and archives opened
+
+
+@dataclass
+class LiftRequest:
+    child: BinaryChild
+
+
+@dataclass
+class LiftResult:
+    child: BinaryChild
+    lift_sha256: str  # blob: gzipped JSON from lifting.angr_lift.lift_binary
+    arch: str
+    functions: int
+    cached: bool
+
+
+@dataclass
+class EmbedRequest:
+    sha256: str
+    model_name: str
+    lifted: list[LiftResult]
+    unpack_report_sha256: str
+
+
+@dataclass
+class EmbedResult:
+    results_sha256: str  # blob: gzipped JSON prediction_results
+    model_version: str
+    verdict: str
+    device: str
+
+
+@dataclass
+class ExplainRequest:
+    sha256: str
+    results_sha256: str
+
+
+@dataclass
+class ExplainResult:
+    explanation_sha256: str
+
+
+@dataclass
+class PersistRequest:
+    sha256: str
+    model_name: str
+    model_version: str
+    run_id: str
+    results_sha256: str
+    explanation_sha256: str
+
+
+@dataclass
+class StatusUpdate:
+    """A row change made by the workflow itself: started, failed or revoked."""
+
+    sha256: str
+    model_name: str
+    model_version: str
+    run_id: str
+    status: str
+    error_details: str | None = None
+
+
+@dataclass
+class AnalyzeSummary:
+    sha256: str
+    model_name: str
+    verdict: str
+    children: int
+    functions: int
+    stages_ms: dict[str, int] = field(default_factory=dict)

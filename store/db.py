@@ -1,0 +1,188 @@
+"""All database I/O, behind functions that say what they do.
+
+SQLite through aiosqlite by default (WAL, busy timeout, so the API and the workers can
+share one file); any SQLAlchemy async URL in DATABASE_URL (e.g. postgresql+asyncpg).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from common.contracts import PENDING, SUCCESS
+from store.models import SCHEMA_VERSION, Base, Prediction, Sample, StoreInfo
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class PredictionStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        if url.startswith("sqlite"):
+            _tune_sqlite(self.engine, url)
+        self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def init_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        async with self.session.begin() as session:
+            info = await session.get(StoreInfo, "schema_version")
+            if info is None:
+                session.add(StoreInfo(key="schema_version", value=SCHEMA_VERSION))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def schema_version(self) -> str:
+        async with self.session() as session:
+            info = await session.get(StoreInfo, "schema_version")
+            return info.value if info else "uninitialised"
+
+    # --- samples ----------------------------------------------------------------------
+    async def record_sample(self, sha256: str, size: int, filename: str) -> bool:
+        """Remember a submission; returns True when the sample is new."""
+        now = utcnow()
+        async with self.session.begin() as session:
+            sample = await session.get(Sample, sha256)
+            if sample is None:
+                session.add(
+                    Sample(
+                        sha256=sha256, size=size, filename=filename[:255], first_seen=now,
+                        last_submitted=now, submissions=1,
+                    )
+                )
+                return True
+            sample.last_submitted = now
+            sample.submissions += 1
+            return False
+
+    async def get_sample(self, sha256: str) -> Sample | None:
+        async with self.session() as session:
+            return await session.get(Sample, sha256)
+
+    # --- predictions ------------------------------------------------------------------
+    async def get_prediction(self, sha256: str, model: str) -> Prediction | None:
+        async with self.session() as session:
+            return await session.get(Prediction, (sha256, model))
+
+    async def list_predictions(self, sha256: str) -> list[Prediction]:
+        async with self.session() as session:
+            query = select(Prediction).where(Prediction.sha256_hash == sha256)
+            rows = await session.scalars(query.order_by(Prediction.model))
+            return list(rows)
+
+    async def create_prediction(self, sha256: str, model: str) -> bool:
+        """Insert an empty row; False when one already exists."""
+        async with self.session.begin() as session:
+            if await session.get(Prediction, (sha256, model)) is not None:
+                return False
+            now = utcnow()
+            session.add(
+                Prediction(sha256_hash=sha256, model=model, status=PENDING, created_at=now,
+                           updated_at=now)
+            )
+            return True
+
+    async def begin_run(self, sha256: str, model: str, model_version: str, run_id: str) -> None:
+        """Point the row at a new workflow run; results of an older run are cleared."""
+        now = utcnow()
+        async with self.session.begin() as session:
+            row = await session.get(Prediction, (sha256, model))
+            if row is None:
+                row = Prediction(sha256_hash=sha256, model=model, created_at=now)
+                session.add(row)
+            elif row.celery_task_id == run_id:
+                return
+            row.model_version = model_version
+            row.celery_task_id = run_id
+            row.status = PENDING
+            row.error_details = None
+            row.prediction_results = None
+            row.explanation_results = None
+            row.predicted_at = None
+            row.updated_at = now
+
+    async def set_status(
+        self, sha256: str, model: str, run_id: str, status: str, model_version: str,
+        error_details: str | None = None,
+    ) -> bool:
+        """Record a run's state; a stale run (not the row's current one) changes nothing."""
+        now = utcnow()
+        async with self.session.begin() as session:
+            row = await session.get(Prediction, (sha256, model))
+            if row is None:
+                row = Prediction(sha256_hash=sha256, model=model, created_at=now,
+                                 celery_task_id=run_id)
+                session.add(row)
+            elif row.celery_task_id not in (None, run_id):
+                return False
+            row.celery_task_id = run_id
+            row.model_version = model_version
+            row.status = status
+            row.error_details = error_details
+            row.updated_at = now
+            if error_details is not None:
+                row.predicted_at = now
+            return True
+
+    async def save_results(
+        self, sha256: str, model: str, run_id: str, model_version: str,
+        results: dict[str, Any], explanation: str,
+    ) -> bool:
+        now = utcnow()
+        async with self.session.begin() as session:
+            row = await session.get(Prediction, (sha256, model))
+            if row is None:
+                row = Prediction(sha256_hash=sha256, model=model, created_at=now)
+                session.add(row)
+            elif row.celery_task_id not in (None, run_id):
+                return False
+            row.celery_task_id = run_id
+            row.model_version = model_version
+            row.status = SUCCESS
+            row.error_details = None
+            row.prediction_results = results
+            row.explanation_results = explanation
+            row.predicted_at = now
+            row.updated_at = now
+            return True
+
+    async def update_fields(self, sha256: str, model: str, **fields: Any) -> bool:
+        """Operator edits (the internal CRUD operations); False when the row is missing."""
+        async with self.session.begin() as session:
+            row = await session.get(Prediction, (sha256, model))
+            if row is None:
+                return False
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            return True
+
+    async def delete_prediction(self, sha256: str, model: str) -> bool:
+        async with self.session.begin() as session:
+            row = await session.get(Prediction, (sha256, model))
+            if row is None:
+                return False
+            await session.delete(row)
+            return True
+
+
+def _tune_sqlite(engine: AsyncEngine, url: str) -> None:
+    path = url.split(":///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()

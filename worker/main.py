@@ -1,0 +1,103 @@
+"""Worker entry point: `python -m worker --role orchestration|cpu|gpu|all`.
+
+orchestration: the workflow and light I/O activities (explain, database writes);
+cpu: unpack and lift (angr in child processes); gpu: FESTIVE embed/compare.
+Run several of each against one Temporal cluster to scale out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deps import Deps
+from activities.embed import Embed
+from activities.explain import Explain
+from activities.lift import Lift
+from activities.persist import Persist
+from activities.unpack import Unpack
+from common.config import Settings, load_settings
+from store.blobs import BlobStore
+from store.db import PredictionStore
+from workflows.analyze import AnalyzeSample
+
+ROLES = ("orchestration", "cpu", "gpu")
+log = logging.getLogger("worker")
+
+
+async def build_workers(client: Client, settings: Settings, roles: list[str]) -> list[Worker]:
+    """The workers for the given roles, sharing one blob store and database handle."""
+    deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir))
+    workers = []
+    if "orchestration" in roles:
+        deps.store = PredictionStore(settings.database_url)
+        await deps.store.init_schema()
+        persist, explain = Persist(deps), Explain(deps)
+        workers.append(
+            Worker(
+                client, task_queue=settings.orchestration_queue, workflows=[AnalyzeSample],
+                activities=[persist.persist_results, persist.record_status,
+                            explain.explain_results],
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        )
+    if "cpu" in roles:
+        unpack, lift = Unpack(deps), Lift(deps)
+        workers.append(
+            Worker(
+                client, task_queue=settings.cpu_queue,
+                activities=[unpack.unpack_sample, lift.lift_binary],
+                # Each lift is one angr child process: as many at once as there are slots.
+                max_concurrent_activities=settings.cpu_slots,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        )
+    if "gpu" in roles:
+        embed = Embed(deps)
+        workers.append(
+            Worker(
+                client, task_queue=settings.gpu_queue, activities=[embed.embed_compare],
+                max_concurrent_activities=1,
+                activity_executor=ThreadPoolExecutor(max_workers=2),
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        )
+    return workers
+
+
+async def run(roles: list[str]) -> None:
+    settings = load_settings()
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    workers = await build_workers(client, settings, roles)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker up: roles=%s queues=%s", roles, [w.task_queue for w in workers])
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:  # each exits with a graceful shutdown of in-flight work
+            await stack.enter_async_context(worker)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight work for up to 10 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--role", default="all", choices=[*ROLES, "all"],
+                        help="which task queues to serve (default: all)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    roles = list(ROLES) if args.role == "all" else [args.role]
+    asyncio.run(run(roles))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""AnalyzeSample: one durable run per (model, sample), five stages read top to bottom.
+
+unpack -> lift -> embed/compare -> explain -> persist. Activities are referred to by
+name, so nothing heavy is imported here; the Stage search attribute tells operators
+(and the REST status endpoint, with no worker running) where a run is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from common.contracts import (
+        BAD_SAMPLE,
+        FAILURE,
+        REVOKED,
+        STAGE_FAILED,
+        STAGE_REVOKED,
+        STARTED,
+        AnalyzeRequest,
+        AnalyzeSummary,
+        EmbedRequest,
+        EmbedResult,
+        ExplainRequest,
+        ExplainResult,
+        LiftRequest,
+        LiftResult,
+        PersistRequest,
+        StatusUpdate,
+        UnpackResult,
+    )
+
+STAGE = SearchAttributeKey.for_keyword("Stage")
+
+# Transient faults (a worker restart, a locked database) retry with backoff; bad input
+# is raised as non-retryable and fails once.
+COMPUTE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60), maximum_attempts=6,
+    non_retryable_error_types=[BAD_SAMPLE],
+)
+# Recording outcomes must not give up: nothing is lost while the database is away.
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30), maximum_attempts=0,
+)
+LIFT_TIMEOUT = timedelta(hours=1)
+LIFT_HEARTBEAT = timedelta(seconds=30)
+
+
+@workflow.defn(name="AnalyzeSample")
+class AnalyzeSample:
+    def __init__(self) -> None:
+        self._stage = "queued"
+        self._stage_started_ms: int | None = None
+        self._stages_ms: dict[str, int] = {}
+
+    @workflow.query
+    def progress(self) -> dict[str, object]:
+        return {"stage": self._stage, "stages_ms": dict(self._stages_ms)}
+
+    @workflow.run
+    async def run(self, request: AnalyzeRequest) -> AnalyzeSummary:
+        run_id = workflow.info().run_id
+        await self._record(request, STARTED)
+        try:
+            unpacked = await self._unpack(request)
+            lifted = await self._lift(request, unpacked)
+            embedded = await self._embed(request, unpacked, lifted)
+            explained = await self._explain(request, embedded)
+            await self._persist(request, embedded, explained, run_id)
+        except (ActivityError, ApplicationError, asyncio.CancelledError) as err:
+            interrupted = self._stage
+            if is_cancelled_exception(err):
+                self._enter(STAGE_REVOKED)
+                await self._record(
+                    request, REVOKED, f"revoked by request during stage '{interrupted}'"
+                )
+                raise
+            details = f"{interrupted}: {_failure_details(err)}"
+            self._enter(STAGE_FAILED)
+            await self._record(request, FAILURE, details)
+            raise ApplicationError(details, type="AnalysisFailed", non_retryable=True) from err
+        self._enter("done")
+        return AnalyzeSummary(
+            sha256=request.sha256, model_name=request.model_name, verdict=embedded.verdict,
+            children=len(unpacked.children), functions=sum(r.functions for r in lifted),
+            stages_ms=dict(self._stages_ms),
+        )
+
+    # --- the five stages ----------------------------------------------------------------
+    async def _unpack(self, request: AnalyzeRequest) -> UnpackResult:
+        self._enter("unpack")
+        return await workflow.execute_activity(
+            "unpack_sample", request, result_type=UnpackResult, task_queue=request.cpu_queue,
+            start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=COMPUTE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _lift(self, request: AnalyzeRequest, unpacked: UnpackResult) -> list[LiftResult]:
+        self._enter("lift")
+        return list(
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        "lift_binary", LiftRequest(child), result_type=LiftResult,
+                        task_queue=request.cpu_queue, start_to_close_timeout=LIFT_TIMEOUT,
+                        heartbeat_timeout=LIFT_HEARTBEAT, retry_policy=COMPUTE_RETRY,
+                        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    )
+                    for child in unpacked.children
+                )
+            )
+        )
+
+    async def _embed(
+        self, request: AnalyzeRequest, unpacked: UnpackResult, lifted: list[LiftResult]
+    ) -> EmbedResult:
+        self._enter("embed")
+        return await workflow.execute_activity(
+            "embed_compare",
+            EmbedRequest(request.sha256, request.model_name, lifted, unpacked.report_sha256),
+            result_type=EmbedResult, task_queue=request.gpu_queue,
+            start_to_close_timeout=timedelta(minutes=30), heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=COMPUTE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _explain(self, request: AnalyzeRequest, embedded: EmbedResult) -> ExplainResult:
+        self._enter("explain")
+        return await workflow.execute_activity(
+            "explain_results", ExplainRequest(request.sha256, embedded.results_sha256),
+            result_type=ExplainResult, start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=COMPUTE_RETRY,
+        )
+
+    async def _persist(
+        self, request: AnalyzeRequest, embedded: EmbedResult, explained: ExplainResult,
+        run_id: str,
+    ) -> None:
+        self._enter("persist")
+        await workflow.execute_activity(
+            "persist_results",
+            PersistRequest(
+                request.sha256, request.model_name, embedded.model_version or request.model_version,
+                run_id, embedded.results_sha256, explained.explanation_sha256,
+            ),
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
+        )
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def _enter(self, stage: str) -> None:
+        now_ms = int(workflow.time() * 1000)
+        if self._stage_started_ms is not None and self._stage in _TIMED:
+            self._stages_ms[self._stage] = now_ms - self._stage_started_ms
+        self._stage_started_ms = now_ms
+        self._stage = stage
+        workflow.upsert_search_attributes([STAGE.value_set(stage)])
+
+    async def _record(self, request: AnalyzeRequest, status: str, error: str | None = None) -> None:
+        update = StatusUpdate(
+            request.sha256, request.model_name, request.model_version,
+            workflow.info().run_id, status, error,
+        )
+        await workflow.execute_activity(
+            "record_status", update, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RECORD_RETRY,
+        )
+
+
+_TIMED = frozenset({"unpack", "lift", "embed", "explain", "persist"})
+
+
+def _failure_details(err: BaseException) -> str:
+    """The innermost message: what went wrong, not the chain of wrappers around it."""
+    cause: BaseException | None = err
+    message = str(err)
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            message = cause.message
+        elif not isinstance(cause, ActivityError) and str(cause):
+            message = str(cause)
+        cause = cause.__cause__
+    return message
