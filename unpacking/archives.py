@@ -444,7 +444,7 @@ def _read_compressed(kind: str, path: Path, meter: Meter, visit: Visitor) -> str
                 _read_tar(stream, meter, visit, label=f"tar.{suffix}")
                 return f"tar.{suffix}"
             meter.entry()
-            name = (_gzip_name(path) if kind == "gzip" else None) or "decompressed"
+            name = (_gzip_name(path) if kind == "gzip" else None) or ""  # "": caller names it
             visit(Member(name, stream=stream))  # type: ignore[arg-type]
             return kind
     except _CORRUPTION as exc:

@@ -127,7 +127,10 @@ class _Unpacker:
         top = self.report.archives[0]
         count = int(top["entries"])
         summary = f"{top['type']} archive with {count} entr{'y' if count == 1 else 'ies'}"
-        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in self.report.skipped[:3])
+        archives = {archive["name"] for archive in self.report.archives}
+        # Reasons that ended a whole archive (bomb, cap, corruption) matter most: first.
+        skipped = sorted(self.report.skipped, key=lambda s: s["name"] not in archives)
+        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:3])
         more = f"; {len(self.report.skipped) - 3} more" if len(self.report.skipped) > 3 else ""
         detail = f" ({reasons}{more})" if reasons else ""
         return f"{NOTHING_FOUND}: {summary}, none executable{detail}"
