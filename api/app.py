@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from temporalio.service import RPCError
 
 from api import handlers as h
+from api.auth import check_settings, guard_for
 from api.schemas import (
     Check,
     CrystalBallVersion,
@@ -23,6 +24,7 @@ from api.schemas import (
     StatusResponse,
 )
 from api.state import ApiState
+from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
 from common.config import API_VERSION, Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
@@ -82,6 +84,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    check_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,12 +104,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     for method, path, handler, summary, tag, description, model in ROUTES:
+        # Keys (api/auth.py): Ping is open, /internal/ needs the internal key, the rest
+        # an external (or internal) key.
+        guard = guard_for(path)
         app.add_api_route(
             path, handler, methods=[method], summary=summary, tags=[tag],
             description=description, response_model=model,
             response_model_by_alias=True,
             operation_id=summary.lower().replace(" ", "_"),
+            dependencies=[Depends(guard)] if guard else None,
+            # Submit Sample reads its multipart body as a stream (api/upload.py).
+            openapi_extra={"requestBody": UPLOAD_REQUEST_BODY} if handler is h.submit_sample
+            else None,
         )
+    _document_upload_schema(app)
 
     @app.exception_handler(RPCError)
     async def temporal_unavailable(_request: Request, exc: RPCError) -> JSONResponse:
@@ -115,3 +126,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return app
+
+
+def _document_upload_schema(app: FastAPI) -> None:
+    """Add Submit Sample's multipart schema, which no parameter declares, to the document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("schemas", {})[
+                UPLOAD_SCHEMA_NAME] = UPLOAD_SCHEMA
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

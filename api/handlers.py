@@ -5,8 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-from fastapi import Depends, File, HTTPException, Query, UploadFile
-from festive.engine import MODEL_NAME, model_card
+from fastapi import Depends, HTTPException, Query, Request
 
 from api import pipeline
 from api.schemas import (
@@ -20,14 +19,14 @@ from api.schemas import (
     TaskId,
 )
 from api.state import ApiState, get_state
+from api.upload import receive_sample
 from common.config import API_VERSION
 from common.contracts import FAILURE, SUCCESS
-from store.blobs import BlobTooLarge
+from festive.engine import MODEL_NAME, model_card
 from store.db import utcnow
 from store.models import Prediction
 
 State = Annotated[ApiState, Depends(get_state)]
-UPLOAD_CHUNK = 1 << 20
 
 
 # --- Health Check ---------------------------------------------------------------------
@@ -36,30 +35,13 @@ async def ping() -> dict[str, bool]:
 
 
 # --- Sample ---------------------------------------------------------------------------
-async def submit_sample(
-    state: State, sample: Annotated[UploadFile, File(title="Sample", description="the binary")]
-) -> dict[str, str]:
-    sha256, size = await _store_upload(state, sample)
-    filename = (sample.filename or "")[:255]
-    await state.store.record_sample(sha256, size, filename)
+async def submit_sample(request: Request, state: State) -> dict[str, str]:
+    """The multipart body is parsed as it arrives: see api/upload.py (413 over the cap)."""
+    upload = await receive_sample(request, state.blobs, state.settings.max_upload_bytes)
+    await state.store.record_sample(upload.sha256, upload.size, upload.filename)
     for model in ModelName:
-        await _start_if_needed(state, sha256, model.value, filename)
-    return {"sample_id": sha256}
-
-
-async def _store_upload(state: State, sample: UploadFile) -> tuple[str, int]:
-    async def chunks():  # noqa: ANN202 - async generator of the upload's bytes
-        while chunk := await sample.read(UPLOAD_CHUNK):
-            yield chunk
-
-    limit = state.settings.max_upload_bytes
-    try:
-        sha256, size = await state.blobs.put_async_chunks(chunks(), max_bytes=limit)
-    except BlobTooLarge as exc:
-        raise HTTPException(413, f"sample is larger than the limit of {limit} bytes") from exc
-    if size == 0:
-        raise HTTPException(400, "the uploaded sample is empty")
-    return sha256, size
+        await _start_if_needed(state, upload.sha256, model.value, upload.filename)
+    return {"sample_id": upload.sha256}
 
 
 async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: str) -> str | None:

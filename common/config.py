@@ -15,6 +15,11 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _env_keys(name: str) -> tuple[str, ...]:
+    """A comma-separated list of API keys; blanks around and between commas are ignored."""
+    return tuple(key.strip() for key in os.environ.get(name, "").split(",") if key.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(
@@ -36,6 +41,12 @@ class Settings:
     lift_timeout_s: int = field(default_factory=lambda: _env_int("AE_LIFT_TIMEOUT_S", 1800))
     lift_memory_mb: int = field(default_factory=lambda: _env_int("AE_LIFT_MEMORY_MB", 8192))
     cpu_slots: int = field(default_factory=lambda: _env_int("AE_CPU_SLOTS", os.cpu_count() or 1))
+    # API authentication: "enabled" (default) or "disabled" (local development only).
+    auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
+    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"))
+    internal_api_keys: tuple[str, ...] = field(
+        default_factory=lambda: _env_keys("AE_INTERNAL_API_KEYS")
+    )
 
     @property
     def blob_dir(self) -> Path:

@@ -27,6 +27,9 @@ from worker.main import build_workers
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
 ZLIB_STATIC = Path("/usr/lib/x86_64-linux-gnu/libz.a")
+# Keys of the test API (api/auth.py): the shared `api` client sends the internal one,
+# which opens every operation.
+EXTERNAL_KEY, INTERNAL_KEY = "test-external-key", "test-internal-key"
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +42,7 @@ def settings(data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir, database_url_override=None, queue_prefix=f"test-{uuid.uuid4().hex[:8]}",
         lift_timeout_s=600, lift_memory_mb=6144, cpu_slots=2,
+        auth="enabled", api_keys=(EXTERNAL_KEY,), internal_api_keys=(INTERNAL_KEY,),
     )
 
 
@@ -74,7 +78,10 @@ async def api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncCl
     async with app.router.lifespan_context(app):
         app.state.ae.client = client
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ae.test") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://ae.test",
+            headers={"Authorization": f"Bearer {INTERNAL_KEY}"},
+        ) as http:
             yield http
 
 
