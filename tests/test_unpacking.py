@@ -732,6 +732,59 @@ def test_detectors_on_heads() -> None:
     check_executable("/bin/true")
 
 
+def test_7z_bomb_and_symlink(store: BlobStore, tmp_path: Path) -> None:
+    link = tmp_path / "cwd" / "passwd"
+    link.symlink_to("/etc/passwd")
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as archive:
+        archive.write(link, "passwd")  # stored as a symlink, not dereferenced
+        archive.writestr(elf(), "true")
+        archive.writestr(b"\x7fELF" + bytes(16 * MiB), "bomb")
+    link.unlink()
+    report = unpack(store, buf.getvalue(), name="b.7z")
+    assert names(report) == ["b.7z/true"]
+    skipped = reasons(report)
+    assert skipped["b.7z/passwd"] == "symlink inside 7z (not followed)"
+    assert skipped["b.7z"].startswith("archive abandoned: compression ratio above 250")
+    assert len(skipped) == 2
+
+
+def test_tar_traversal_and_odd_names(store: BlobStore) -> None:
+    data = tar_of(
+        [
+            tar_file("../../../etc/cron.d/evil", elf(1)),
+            tar_file("/usr/bin/abs", elf(2)),
+            tar_file("./a/./b/../c\x07bell", elf(3)),
+        ]
+    )
+    report = unpack(store, data, name="t.tar")
+    assert names(report) == ["t.tar/etc/cron.d/evil", "t.tar/usr/bin/abs", "t.tar/a/b/c?bell"]
+    assert reasons(report) == {
+        "t.tar/etc/cron.d/evil": "traversal name neutralised (was '../../../etc/cron.d/evil')",
+        "t.tar/usr/bin/abs": "traversal name neutralised (was '/usr/bin/abs')",
+        "t.tar/a/b/c?bell": "traversal name neutralised (was './a/./b/../c\\x07bell')",
+    }
+
+
+def test_zip_directories_are_silent(store: BlobStore) -> None:
+    data = zip_of([("bin/", b""), ("bin/true", elf())])
+    report = unpack(store, data)
+    assert names(report) == ["sample/bin/true"] and report.skipped == []
+    assert report.archives[0]["entries"] == "2"
+
+
+def test_upx_marker_without_upx_keeps_packed_file(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "cwd"))  # an empty directory: no upx here
+    packed = elf() + b"UPX!"
+    report = unpack(store, packed, name="p")
+    assert [(c.name, c.sha256, c.parent_sha256) for c in report.children] == [
+        ("p", store.put_bytes(packed), None)
+    ]
+    assert reasons(report) == {"p": "UPX-packed: upx is not installed, the packed file is analysed"}
+
+
 # --- UPX -------------------------------------------------------------------------------------
 UPX = shutil.which("upx") or shutil.which("upx-ucl")
 

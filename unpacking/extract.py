@@ -225,8 +225,11 @@ class _Unpacker:
     def _add_child(
         self, sha256: str, label: str, kind: str, depth: int, size: int, parent: str | None
     ) -> None:
-        unpacked = _upx_unpack(self.blobs, sha256, self.limits.max_child_bytes)
+        unpacked, note = _upx_unpack(self.blobs, sha256, self.limits.max_child_bytes)
+        if note:
+            self._skip(label, note)
         if unpacked is not None and unpacked[0] not in self.seen:
+            # The packed file is only a wrapper: the lifter gets what it unpacks to.
             self._skip(label, f"UPX-packed: replaced by its unpacked form {unpacked[0]}")
             parent, (sha256, size, kind) = sha256, unpacked
             self.seen[sha256] = label
@@ -256,19 +259,23 @@ def _default_member_name(archive_label: str) -> str:
 
 
 # --- UPX ---------------------------------------------------------------------------------
-def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[str, int, str] | None:
-    """Unpack a UPX-packed executable with the `upx` tool: (sha256, size, format), or None.
+UnpackedUpx = tuple[str, int, str]  # (sha256, size, format) of the unpacked executable
 
-    The packed file keeps its place when upx is missing, times out or refuses the file.
-    upx runs with file-size, memory and CPU rlimits, since the packed header is hostile too.
+
+def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[UnpackedUpx | None, str]:
+    """Unpack a UPX-packed executable with the `upx` tool.
+
+    Returns (unpacked, "") on success, (None, note) when the file is packed but stays as it
+    is (no upx on this machine, upx refused or timed out), (None, "") when it is not packed.
+    upx runs with file-size, memory and CPU rlimits: the packed header is hostile too.
     """
     path = blobs.path(sha256)
     with open(path, "rb") as handle:
         if b"UPX!" not in handle.read(1 << 16):
-            return None
+            return None, ""
     upx = shutil.which("upx") or shutil.which("upx-ucl")
     if upx is None:
-        return None
+        return None, "UPX-packed: upx is not installed, the packed file is analysed"
     with tempfile.TemporaryDirectory(dir=blobs.root / "tmp") as scratch:
         work = Path(scratch) / "packed"
         shutil.copyfile(path, work)
@@ -281,19 +288,22 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[str, int
                 check=False,
                 preexec_fn=lambda: _limit_upx(max_bytes),
             )
-        except (subprocess.TimeoutExpired, OSError, subprocess.SubprocessError):
-            return None
-        if done.returncode != 0 or not 0 < work.stat().st_size <= max_bytes:
-            return None
+        except subprocess.TimeoutExpired:
+            return None, f"UPX-packed: upx -d timed out after {UPX_TIMEOUT_S} s"
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"UPX-packed: upx -d could not run ({exc})"
+        if done.returncode != 0:
+            why = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["?"]
+            return None, f"UPX-packed: upx -d failed ({why[0][:200]}), the packed file is analysed"
         kind = detect_executable(work)
-        if kind is None:
-            return None
         try:
+            if kind is None:
+                raise BadSample("not an executable")
             check_executable(work)
-        except BadSample:
-            return None
+        except BadSample as exc:
+            return None, f"UPX-packed: upx -d produced an unusable file ({exc})"
         unpacked, size = blobs.put_file(work)
-    return None if unpacked == sha256 else (unpacked, size, kind)
+    return (unpacked, size, kind), ""
 
 
 def _limit_upx(max_bytes: int) -> None:
