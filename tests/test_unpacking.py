@@ -599,6 +599,15 @@ def test_corrupt_zip_entry(store: BlobStore) -> None:
     assert reasons(report) == {"sample/a": "corrupt zip entry: Bad CRC-32 for file 'a'"}
 
 
+def test_zip_central_directory_too_large(store: BlobStore) -> None:
+    data = bytearray(zip_of([("true", elf())]))
+    struct.pack_into("<I", data, data.rfind(b"PK\x05\x06") + 12, 100 * MiB)
+    assert bad(store, bytes(data)).endswith(
+        f"(sample: archive abandoned: zip central directory of {100 * MiB} bytes is too "
+        f"large (limit {8 * MiB}))"
+    )
+
+
 def test_zip_entry_declared_size_lies(store: BlobStore) -> None:
     """The local and central headers claim 100 bytes; the data is a whole ELF."""
     data = bytearray(zip_of([("a", elf())], zipfile.ZIP_STORED))

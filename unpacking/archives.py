@@ -35,6 +35,7 @@ CHUNK = 1 << 16
 RATIO_FLOOR = 1 << 20  # below 1 MiB of output the compression ratio is not worth judging
 TAR_HEADER_WINDOW = 1 << 20  # tarfile buffers pax/GNU long-name headers whole in memory
 SNIFF_BYTES = 1024
+MAX_ZIP_DIRECTORY = 8 << 20  # ~150,000 entries, far beyond max_entries anyway
 
 __all__ = [
     "ArchiveLimit",
@@ -307,7 +308,34 @@ _CORRUPTION = (
 )
 
 
+def _zip_directory_size(path: Path) -> int:
+    """The central directory size the end record announces (0 if there is none).
+
+    zipfile reads the whole directory and builds a ZipInfo per entry (~10x the bytes in
+    memory) before the first entry can be looked at, so it is checked first.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(size - min(size, 22 + 0xFFFF))
+        tail = handle.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return 0
+        directory = struct.unpack("<I", tail[at + 12 : at + 16])[0]
+        if directory == 0xFFFFFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
+            handle.seek(struct.unpack("<Q", tail[at - 12 : at - 4])[0])
+            record = handle.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                directory = struct.unpack("<Q", record[40:48])[0]
+    return directory
+
+
 def _read_zip(path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ...]) -> None:
+    directory = _zip_directory_size(path)
+    if directory > MAX_ZIP_DIRECTORY:
+        raise ArchiveLimit(
+            f"zip central directory of {directory} bytes is too large (limit {MAX_ZIP_DIRECTORY})"
+        )
     try:
         archive = zipfile.ZipFile(path)
     except _CORRUPTION as exc:

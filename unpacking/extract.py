@@ -158,6 +158,13 @@ class _Unpacker:
             if depth == 0:
                 self.top_error = str(exc)
             self._skip(label, str(exc))
+        except (StopUnpacking, BadSample):
+            raise
+        except Exception as exc:  # a reader tripped over hostile input: contain it here
+            reason = f"unreadable {kind} archive ({type(exc).__name__}: {exc})"
+            if depth == 0:
+                self.top_error = reason
+            self._skip(label, reason)
         finally:
             entry["entries"] = str(meter.entries)
 
