@@ -8,7 +8,6 @@ a Child; everything else is reported in `skipped` with a reason a person can act
 
 from __future__ import annotations
 
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -289,11 +288,10 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
         work.chmod(0o600)
         try:
             done = subprocess.run(
-                [upx, "-d", "-q", "-q", str(work)],
+                [*_rlimits(max_bytes), upx, "-d", "-q", "-q", str(work)],
                 capture_output=True,
                 timeout=UPX_TIMEOUT_S,
                 check=False,
-                preexec_fn=lambda: _limit_upx(max_bytes),
             )
         except subprocess.TimeoutExpired:
             return None, f"UPX-packed: upx -d timed out after {UPX_TIMEOUT_S} s"
@@ -313,8 +311,12 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
     return (unpacked, size, kind), ""
 
 
-def _limit_upx(max_bytes: int) -> None:
-    """Runs in the child before exec: cap what a hostile packed header can make upx do."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-    resource.setrlimit(resource.RLIMIT_CPU, (UPX_TIMEOUT_S, UPX_TIMEOUT_S))
+def _rlimits(max_bytes: int) -> list[str]:
+    """A prlimit(1) prefix capping what a hostile packed header can make upx do.
+
+    (Not preexec_fn: unpacking runs in a worker thread, where preexec_fn is unsafe.)
+    """
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return []
+    return [prlimit, f"--fsize={max_bytes}", f"--as={4 << 30}", f"--cpu={UPX_TIMEOUT_S}", "--"]
