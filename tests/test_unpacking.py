@@ -562,6 +562,13 @@ def test_aes_zip_is_reported_unsupported(store: BlobStore) -> None:
     assert message.endswith("(sample/a.elf: AES-encrypted zip entry: unsupported)")
 
 
+def test_zip_unsupported_method(store: BlobStore) -> None:
+    deflate64 = patch_zip_method(zip_of([("a", elf(1))]), method=9, flags=0)
+    report = unpack(store, zip_of([("inner.zip", deflate64), ("b", elf())]))
+    assert names(report) == ["sample/b"]
+    assert reasons(report) == {"sample/inner.zip/a": "unsupported zip compression method 9"}
+
+
 def test_7z_plain_encrypted_and_header_encrypted(store: BlobStore) -> None:
     plain = seven_zip([("bin/true", elf()), ("readme.txt", b"hello\n")])
     locked = seven_zip([("true", elf(1))], password="infected")

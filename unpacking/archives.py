@@ -35,6 +35,7 @@ CHUNK = 1 << 16
 RATIO_FLOOR = 1 << 20  # below 1 MiB of output the compression ratio is not worth judging
 TAR_HEADER_WINDOW = 1 << 20  # tarfile buffers pax/GNU long-name headers whole in memory
 SNIFF_BYTES = 1024
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 MAX_ZIP_DIRECTORY = 8 << 20  # ~150,000 entries, far beyond max_entries anyway
 
 __all__ = [
@@ -353,6 +354,9 @@ def _read_zip(path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ..
                 visit(Member(name, problem="special file inside zip (skipped)"))
             elif info.compress_type == 99:
                 visit(Member(name, problem="AES-encrypted zip entry: unsupported"))
+            elif info.compress_type not in ZIP_METHODS:
+                method = f"zip compression method {info.compress_type}"
+                visit(Member(name, problem=f"unsupported {method}"))
             elif info.flag_bits & 0x1:
                 _visit_encrypted_zip_entry(archive, info, meter, visit, order)
             else:
@@ -623,6 +627,8 @@ def _read_7z(
                 return
             except LimitReached:
                 raise
+            except py7zr.exceptions.UnsupportedCompressionMethodError as exc:
+                raise CorruptArchive(f"unsupported 7z compression method: {exc}") from exc
             except Exception as exc:  # wrong passwords surface as any error type
                 if encrypted and factory.completed == 0:
                     continue
