@@ -49,6 +49,7 @@ __all__ = [
     "Meter",
     "StopUnpacking",
     "detect_archive",
+    "is_traversal",
     "describe",
     "read_archive",
     "sanitize_name",
