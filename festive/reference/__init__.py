@@ -1,0 +1,1 @@
+"""Build the shipped reference index from real Debian library packages."""
