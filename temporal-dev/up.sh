@@ -23,7 +23,9 @@ stop_all() {
   wait 2>/dev/null || true
   echo "stopped"
 }
-trap stop_all INT TERM EXIT
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+trap stop_all EXIT
 
 wait_for_port() {  # host port name
   for _ in $(seq 1 120); do

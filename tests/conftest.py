@@ -90,7 +90,7 @@ def compile_c(tmp: Path, source: str, *flags: str, name: str = "prog") -> Path:
     src = tmp / f"{name}.c"
     src.write_text(source)
     out = tmp / name
-    subprocess.run(["gcc", *flags, str(src), "-o", str(out)], check=True, capture_output=True)
+    subprocess.run(["gcc", str(src), "-o", str(out), *flags], check=True, capture_output=True)
     return out
 
 
