@@ -41,6 +41,12 @@ def render_explanation(sha256: str, results: dict[str, Any]) -> str:
             f"**Verdict: {verdict}** (confidence {results.get('confidence', '?')}), "
             f"by {model.strip()}."
         )
+    elif families:
+        lines.append(
+            f"**No known code family found** by {model.strip()}: a few functions resemble "
+            "reference functions (listed below), but no family has enough of them to be a "
+            "verdict. Treat them as weak evidence."
+        )
     else:
         lines.append(
             f"**No known code family found** by {model.strip()}: none of the {considered} "
