@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
+from sqlalchemy.exc import DBAPIError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
 from common.contracts import PersistRequest, StatusUpdate
+
+
+async def _retryable(write: Awaitable[bool]) -> bool:
+    """A database error as a short, retryable failure.
+
+    SQLAlchemy's message carries the statement and its parameters (the whole results
+    document), which made Temporal replace the failure with "Failure exceeds size limit".
+    """
+    try:
+        return await write
+    except DBAPIError as exc:
+        raise ApplicationError(
+            f"database error, will retry: {exc.orig}", type=type(exc.orig).__name__
+        ) from None
 
 
 class Persist:
@@ -22,14 +40,14 @@ class Persist:
         blobs = self.deps.blobs
         results = blobs.read_json(request.results_sha256)
         explanation = blobs.read_bytes(request.explanation_sha256).decode()
-        return await self._store.save_results(
+        return await _retryable(self._store.save_results(
             request.sha256, request.model_name, request.run_id, request.model_version,
             results, explanation,
-        )
+        ))
 
     @activity.defn(name="record_status")
     async def record_status(self, update: StatusUpdate) -> bool:
-        return await self._store.set_status(
+        return await _retryable(self._store.set_status(
             update.sha256, update.model_name, update.run_id, update.status,
             update.model_version, update.error_details,
-        )
+        ))

@@ -6,6 +6,7 @@ share one file); any SQLAlchemy async URL in DATABASE_URL (e.g. postgresql+async
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,9 @@ class PredictionStore:
 
 
 def _tune_sqlite(engine: AsyncEngine, url: str) -> None:
+    # How long a write waits for another writer's lock before failing (and being retried
+    # by the workflow); AE_SQLITE_BUSY_TIMEOUT_MS lets the fault tests shorten it.
+    busy_timeout_ms = int(os.environ.get("AE_SQLITE_BUSY_TIMEOUT_MS") or 30000)
     path = url.split(":///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,6 @@ def _tune_sqlite(engine: AsyncEngine, url: str) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
