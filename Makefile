@@ -3,7 +3,10 @@ VENV   ?= .venv
 PY312  := $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: up test lint venv index clean-data
+.PHONY: up test lint venv test-deps index clean-data
+
+# System packages the tests build real binaries with (Debian names).
+TEST_DEBS := gcc clang lld zlib1g-dev
 
 venv: $(STAMP)
 
@@ -20,7 +23,15 @@ up: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv lint
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test: venv test-deps lint
 	$(VENV)/bin/python -m pytest -q -ra
 
 # Rebuild the shipped reference index from Debian packages (slow; see festive/reference/README.md).
