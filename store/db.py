@@ -6,12 +6,15 @@ share one file); any SQLAlchemy async URL in DATABASE_URL (e.g. postgresql+async
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from common.contracts import PENDING, SUCCESS
@@ -20,6 +23,19 @@ from store.models import SCHEMA_VERSION, Base, Prediction, Sample, StoreInfo
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _retry_on_conflict[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Two writers inserting the same new row: the loser retries and sees the winner's row."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except IntegrityError:
+            return await method(*args, **kwargs)
+
+    return wrapper
 
 
 class PredictionStore:
@@ -47,6 +63,7 @@ class PredictionStore:
             return info.value if info else "uninitialised"
 
     # --- samples ----------------------------------------------------------------------
+    @_retry_on_conflict
     async def record_sample(self, sha256: str, size: int, filename: str) -> bool:
         """Remember a submission; returns True when the sample is new."""
         now = utcnow()
@@ -79,6 +96,7 @@ class PredictionStore:
             rows = await session.scalars(query.order_by(Prediction.model))
             return list(rows)
 
+    @_retry_on_conflict
     async def create_prediction(self, sha256: str, model: str) -> bool:
         """Insert an empty row; False when one already exists."""
         async with self.session.begin() as session:
@@ -91,6 +109,7 @@ class PredictionStore:
             )
             return True
 
+    @_retry_on_conflict
     async def begin_run(self, sha256: str, model: str, model_version: str, run_id: str) -> None:
         """Point the row at a new workflow run; results of an older run are cleared."""
         now = utcnow()
@@ -110,6 +129,7 @@ class PredictionStore:
             row.predicted_at = None
             row.updated_at = now
 
+    @_retry_on_conflict
     async def set_status(
         self, sha256: str, model: str, run_id: str, status: str, model_version: str,
         error_details: str | None = None,
@@ -133,6 +153,7 @@ class PredictionStore:
                 row.predicted_at = now
             return True
 
+    @_retry_on_conflict
     async def save_results(
         self, sha256: str, model: str, run_id: str, model_version: str,
         results: dict[str, Any], explanation: str,

@@ -193,3 +193,22 @@ def _angr_children() -> int:
         if ppid == me and b"lifting.child" in cmdline:
             count += 1
     return count
+
+
+async def test_concurrent_submissions_of_one_new_file_start_one_run(
+    api: httpx.AsyncClient, client: Client, tmp_path: Path
+) -> None:
+    binary = compile_c(tmp_path, "int main(void) { return 7; }\n", "-O1", name="seven")
+    data = binary.read_bytes() + uuid.uuid4().bytes  # a file no other test submits
+    responses = await asyncio.gather(
+        *(api.post("/samples", files={"sample": (f"copy{i}", data)}) for i in range(8))
+    )
+    assert {r.status_code for r in responses} == {200}, [r.text for r in responses]
+    (sha256,) = {r.json()["sample_id"] for r in responses}
+    await wait_for_final(api, sha256)
+    rows = (await api.get(f"/internal/predictions/{sha256}")).json()
+    assert len(rows) == 1 and rows[0]["celery_task_id"]
+    runs = [
+        w async for w in client.list_workflows(f"WorkflowId = '{workflow_id(MODEL_NAME, sha256)}'")
+    ]
+    assert [w.run_id for w in runs] == [rows[0]["celery_task_id"]]
