@@ -1,0 +1,122 @@
+"""Read Corpus A back: labelled, filtered, deduplicated functions of one split.
+
+Filters (issue 3): >= 5 basic blocks; no PLT stubs (angr drops them), thunks or
+CRT/runtime functions (by the debug label, since the lifted copy is stripped); no
+compiler fragments (`.cold`); inside one build, a label that names several different
+bodies is ambiguous ground truth and is dropped, identical duplicates collapse to one.
+Train/val functions whose label also occurs in a test project are dropped (shared
+vendored code such as xxhash would otherwise leak across the split).
+
+The lifted JSON is large (VEX text); callers pass `derive` to keep only what they need.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from festive.data.build import LIFTED
+from festive.data.projects import PROJECTS
+from festive.features import MIN_BLOCKS, FeatureConfig, block_tokens
+from lifting.angr_lift import RUNTIME_FUNCTIONS
+
+_CONFIG = FeatureConfig()
+
+
+@dataclass
+class Fn:
+    """One labelled function of one build; `data` is whatever `derive` returned."""
+
+    project: str
+    compiler: str
+    arch: str
+    opt: str
+    label: str
+    addr: str
+    blocks: int
+    data: Any
+
+    @property
+    def build(self) -> str:
+        return f"{self.compiler}-{self.arch}-{self.opt}"
+
+    @property
+    def identity(self) -> str:
+        return f"{self.project}:{self.label}"
+
+
+def split_projects(split: str) -> list[str]:
+    return [p.name for p in PROJECTS if p.split == split]
+
+
+def lifted_files(projects: list[str]) -> Iterator[Path]:
+    for name in projects:
+        yield from sorted((LIFTED / name).glob("*.json.gz"))
+
+
+def read_lift(path: Path) -> dict[str, Any]:
+    with gzip.open(path, "rt") as handle:
+        return json.load(handle)
+
+
+def norm_hash(func: dict[str, Any]) -> str:
+    """Hash of the normalised IR op sequence (the dedupe key with the label)."""
+    digest = hashlib.sha1()
+    for block in func["blocks"]:
+        digest.update(" ".join(block_tokens(block["vex"], _CONFIG)).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def _wanted(func: dict[str, Any]) -> bool:
+    label = func.get("label")
+    if not label or label in RUNTIME_FUNCTIONS or ".cold" in label:
+        return False
+    if label.startswith(("__x86.get_pc_thunk", "_init", "_fini", "__")):
+        return False
+    return len(func["blocks"]) >= MIN_BLOCKS
+
+
+def filtered_functions(lift: dict[str, Any]) -> list[dict[str, Any]]:
+    """Apply the filters and the per-build dedupe to one lifted build."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for func in lift["functions"]:
+        if _wanted(func):
+            by_label[func["label"]].append(func)
+    kept = []
+    for funcs in by_label.values():
+        if len(funcs) == 1 or len({norm_hash(f) for f in funcs}) == 1:
+            kept.append(funcs[0])
+    return kept
+
+
+def load(projects: list[str], derive: Callable[[dict[str, Any], dict[str, Any]], Any],
+         exclude_labels: set[str] | None = None,
+         builds: Callable[[dict[str, str]], bool] | None = None) -> list[Fn]:
+    """All filtered functions of these projects; derive(func, lift) -> Fn.data."""
+    out: list[Fn] = []
+    for path in lifted_files(projects):
+        lift = read_lift(path)
+        meta = lift["build"]
+        if builds is not None and not builds(meta):
+            continue
+        for func in filtered_functions(lift):
+            if exclude_labels and func["label"] in exclude_labels:
+                continue
+            out.append(Fn(meta["project"], meta["compiler"], meta["arch"], meta["opt"],
+                          func["label"], func["addr"], len(func["blocks"]), derive(func, lift)))
+    return out
+
+
+def labels_of(projects: list[str]) -> set[str]:
+    """Every label in these projects' builds (for cross-split dedupe)."""
+    labels: set[str] = set()
+    for path in lifted_files(projects):
+        labels.update(f["label"] for f in read_lift(path)["functions"] if f.get("label"))
+    return labels

@@ -1,0 +1,166 @@
+"""FESTIVE v1: features on a real compiled function, the shipped model, twin ranking,
+and the evaluation metrics on hand-made cases. Needs gcc and angr; < 60 s."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from festive.eval.metrics import auc, bootstrap_ci, rank_stats
+
+SOURCE = r"""
+#include <string.h>
+#include <stdlib.h>
+
+unsigned crc32_table_free(const unsigned char *buf, unsigned long len) {
+    unsigned crc = 0xFFFFFFFFu;
+    for (unsigned long i = 0; i < len; i++) {
+        crc ^= buf[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc & 1) ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
+    }
+    return ~crc;
+}
+
+int parse_key_value(const char *line, char *key, char *value, int cap) {
+    int i = 0, j = 0;
+    while (line[i] == ' ' || line[i] == '\t') i++;
+    while (line[i] && line[i] != '=' && j < cap - 1) key[j++] = line[i++];
+    key[j] = 0;
+    if (line[i] != '=') return -1;
+    i++;
+    j = 0;
+    while (line[i] && line[i] != '\n' && j < cap - 1) value[j++] = line[i++];
+    value[j] = 0;
+    return j;
+}
+
+void insertion_sort(int *a, int n) {
+    for (int i = 1; i < n; i++) {
+        int v = a[i], j = i - 1;
+        while (j >= 0 && a[j] > v) { a[j + 1] = a[j]; j--; }
+        a[j + 1] = v;
+    }
+}
+
+long checked_sum(const long *v, int n, long limit) {
+    long s = 0;
+    for (int i = 0; i < n; i++) {
+        if (v[i] < 0) return -1;
+        if (s > limit - v[i]) return -2;
+        s += v[i];
+    }
+    return s;
+}
+
+int count_words(const char *s) {
+    int n = 0, in = 0;
+    for (; *s; s++) {
+        if (*s == ' ' || *s == '\n' || *s == '\t') in = 0;
+        else if (!in) { in = 1; n++; }
+    }
+    return n;
+}
+"""
+NAMES = ("crc32_table_free", "parse_key_value", "insertion_sort", "checked_sum", "count_words")
+WEIGHTS = Path(__file__).resolve().parents[1] / "festive" / "weights" / "v1" / "model.pt"
+
+
+def _build_and_lift(tmp: Path, opt: str) -> dict[str, dict]:
+    from lifting.angr_lift import lift_binary
+
+    src = tmp / "sample.c"
+    src.write_text(SOURCE)
+    out = tmp / f"sample-{opt}.so"
+    subprocess.run(["gcc", f"-{opt}", "-fPIC", "-shared", "-o", str(out), str(src)], check=True)
+    lifted = lift_binary(str(out))
+    return {f["name"]: f for f in lifted["functions"] if f.get("name") in NAMES}
+
+
+@pytest.fixture(scope="module")
+def lifted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, dict]]:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    tmp = tmp_path_factory.mktemp("festive_v1")
+    return {opt: _build_and_lift(tmp, opt) for opt in ("O0", "O2")}
+
+
+def test_graph_features_of_a_real_function(lifted: dict[str, dict[str, dict]]) -> None:
+    from festive.v1.graph import BLOCK_BUCKETS, FUNC_BUCKETS, to_graph
+
+    func = lifted["O0"]["crc32_table_free"]
+    g = to_graph(func)
+    assert g.n_blocks == len(func["blocks"]) >= 5
+    assert len(g.edges) == len(func["edges"]) > 0
+    assert g.edges.max() < g.n_blocks
+    assert set(np.unique(g.tok_block)) == set(range(g.n_blocks))  # every block has tokens
+    assert np.all(np.diff(g.tok_block) >= 0)  # grouped by block, as collate expects
+    assert 0 <= g.tok.min() and g.tok.max() < BLOCK_BUCKETS
+    assert 0 <= g.ftok.min() and g.ftok.max() < FUNC_BUCKETS
+    assert np.all(g.tok_w >= 1.0)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="v1 weights not trained yet")
+def test_model_loads_and_embeds_unit_vectors(lifted: dict[str, dict[str, dict]]) -> None:
+    from festive.v1.embed import Embedder
+    from festive.v1.model import n_parameters
+
+    embedder = Embedder(WEIGHTS, device="cpu")
+    assert n_parameters(embedder.model) < 1_000_000
+    funcs = list(lifted["O0"].values())
+    emb = embedder.embed(funcs)
+    assert emb.shape == (len(funcs), embedder.model.config.out_dim)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # batching must not change a function's vector
+    np.testing.assert_allclose(embedder.embed(funcs[:1])[0], emb[0], atol=1e-5)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="v1 weights not trained yet")
+def test_o0_function_ranks_its_o2_twin_first(lifted: dict[str, dict[str, dict]]) -> None:
+    from festive.v1.embed import Embedder
+
+    names = [n for n in NAMES if n in lifted["O0"] and n in lifted["O2"]]
+    assert "crc32_table_free" in names
+    embedder = Embedder(WEIGHTS, device="cpu")
+    q = embedder.embed([lifted["O0"][n] for n in names])
+    c = embedder.embed([lifted["O2"][n] for n in names])
+    sims = q @ c.T
+    query = names.index("crc32_table_free")
+    assert int(np.argmax(sims[query])) == query, dict(zip(names, sims[query].round(3), strict=True))
+
+
+def test_rank_stats_hand_made() -> None:
+    # positive beats all: rank 1
+    assert rank_stats(0.9, np.array([0.1, 0.5, 0.8])) == (1.0, 1.0)
+    # two negatives above: rank 3
+    r1, mrr = rank_stats(0.5, np.array([0.6, 0.7, 0.1]))
+    assert r1 == 0.0 and mrr == pytest.approx(1 / 3)
+    # tie with one negative: rank 1 or 2 equally likely
+    r1, mrr = rank_stats(0.5, np.array([0.5, 0.1]))
+    assert r1 == 0.5 and mrr == pytest.approx((1 + 0.5) / 2)
+    # rank 11 is outside MRR@10
+    assert rank_stats(0.0, np.arange(1, 11, dtype=float)) == (0.0, 0.0)
+
+
+def test_auc_hand_made() -> None:
+    assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert auc(np.array([0.1]), np.array([0.9])) == 0.0
+    # 4 pos x 2 neg: 0.6 beats 0.55 only; 0.5 ties 0.5 -> (2+2+1.5+0.5... computed by hand)
+    pos, neg = np.array([0.9, 0.7, 0.5, 0.4]), np.array([0.5, 0.6])
+    # pairs won: 0.9:2, 0.7:2, 0.5: tie 0.5 (0.5) + loses 0.6 -> 0.5, 0.4: 0 -> 4.5 / 8
+    assert auc(pos, neg) == pytest.approx(4.5 / 8)
+
+
+def test_bootstrap_ci_hand_made() -> None:
+    mean, lo, hi = bootstrap_ci(np.array([1.0] * 10), reps=200, seed=0)
+    assert (mean, lo, hi) == (1.0, 1.0, 1.0)
+    values = np.array([0.0, 1.0] * 50)
+    mean, lo, hi = bootstrap_ci(values, reps=2000, seed=0)
+    assert mean == 0.5 and lo < 0.5 < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # normal approximation
+    assert bootstrap_ci(values, reps=500, seed=3) == bootstrap_ci(values, reps=500, seed=3)
