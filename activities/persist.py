@@ -9,7 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
-from common.contracts import PersistRequest, StatusUpdate
+from common.contracts import STARTED, PersistRequest, StatusUpdate
 
 
 async def _retryable(write: Awaitable[bool]) -> bool:
@@ -47,6 +47,12 @@ class Persist:
 
     @activity.defn(name="record_status")
     async def record_status(self, update: StatusUpdate) -> bool:
+        if update.status == STARTED:
+            # A run claims the row when it starts, whoever started it (a submission, the
+            # queue operation or a batch reanalysis); results of an older run are cleared.
+            await _retryable(self._store.begin_run(
+                update.sha256, update.model_name, update.model_version, update.run_id
+            ))
         return await _retryable(self._store.set_status(
             update.sha256, update.model_name, update.run_id, update.status,
             update.model_version, update.error_details,

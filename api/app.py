@@ -50,6 +50,9 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
      f"{INTERNAL} Interfaces directly with AMQP to get status", QueueId),
     ("POST", "/internal/queue/{sha256_hash}/festive", h.queue_festive_task, "Queue FESTIVE Task",
      "Queue", f"{INTERNAL} Queue prediction task to FESTIVE", SampleId),
+    ("POST", "/internal/queue/reanalysis", h.queue_reanalysis, "Queue Reanalysis", "Queue",
+     f"{INTERNAL} Reanalyse every stored sample lacking a result of the current model "
+     "version (not in the seed: batch reanalysis as a durable workflow)", QueueId),
     ("POST", "/internal/predictions/{sha256_hash}/{model_name}", h.create_prediction,
      "Create Prediction", "CRUD", f"{INTERNAL} Create prediction row in db", None),
     ("GET", "/internal/predictions/{sha256_hash}", h.read_predictions, "Read Predictions",

@@ -31,6 +31,8 @@ from common.contracts import (
     STARTED,
     SUCCESS,
     AnalyzeRequest,
+    ReanalyzeRequest,
+    reanalysis_id,
     workflow_id,
 )
 from store.models import Prediction
@@ -78,6 +80,27 @@ async def start_analysis(
             SearchAttributePair(STAGE_ATTR, "queued"),
         ]),
         static_summary=f"{model_name} on {filename or sha256[:12]}",
+        rpc_timeout=RPC_TIMEOUT,
+    )
+    assert handle.result_run_id is not None
+    return handle.result_run_id
+
+
+async def start_reanalysis(
+    client: Client, settings: Settings, model_name: str, model_version: str,
+    include_failed: bool, concurrency: int,
+) -> str:
+    """One batch per (model, version): asking again joins the batch already running."""
+    request = ReanalyzeRequest(
+        model_name=model_name, model_version=model_version, cpu_queue=settings.cpu_queue,
+        gpu_queue=settings.gpu_queue, include_failed=include_failed, concurrency=concurrency,
+    )
+    handle = await client.start_workflow(
+        "ReanalyzeAll", request, id=reanalysis_id(model_name, model_version),
+        task_queue=settings.orchestration_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"reanalyse every sample with {model_name} {model_version}",
         rpc_timeout=RPC_TIMEOUT,
     )
     assert handle.result_run_id is not None

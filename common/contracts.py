@@ -124,3 +124,48 @@ class AnalyzeSummary:
     children: int
     functions: int
     stages_ms: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ReanalyzeRequest:
+    """One page of a batch reanalysis; the cursor moves on through continue-as-new."""
+
+    model_name: str
+    model_version: str
+    cpu_queue: str
+    gpu_queue: str
+    include_failed: bool = False
+    page_size: int = 50
+    concurrency: int = 4
+    after_sha256: str = ""
+    started: int = 0
+    joined: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass
+class SamplePage:
+    after_sha256: str
+    model_name: str
+    model_version: str
+    include_failed: bool
+    limit: int
+
+
+@dataclass
+class SampleRef:
+    sha256: str
+    filename: str
+
+
+@dataclass
+class ReanalyzeSummary:
+    started: int
+    joined: int
+    succeeded: int
+    failed: int
+
+
+def reanalysis_id(model_name: str, model_version: str) -> str:
+    return f"reanalyze/{model_name}/{model_version}"

@@ -17,7 +17,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from common.contracts import PENDING, SUCCESS
+from common.contracts import FAILURE, PENDING, SUCCESS
 from store.models import SCHEMA_VERSION, Base, Prediction, Sample, StoreInfo
 
 
@@ -80,6 +80,28 @@ class PredictionStore:
             sample.last_submitted = now
             sample.submissions += 1
             return False
+
+    async def samples_to_reanalyze(
+        self, after_sha256: str, model: str, model_version: str, include_failed: bool, limit: int
+    ) -> list[Sample]:
+        """A page of samples, in sha256 order, lacking a current result for this model."""
+        current = (
+            (Prediction.status == SUCCESS) & (Prediction.model_version == model_version)
+        )
+        skip = current if include_failed else current | (Prediction.status == FAILURE)
+        query = (
+            select(Sample)
+            .outerjoin(
+                Prediction,
+                (Prediction.sha256_hash == Sample.sha256) & (Prediction.model == model),
+            )
+            .where(Sample.sha256 > after_sha256)
+            .where((Prediction.sha256_hash.is_(None)) | ~skip)
+            .order_by(Sample.sha256)
+            .limit(limit)
+        )
+        async with self.session() as session:
+            return list(await session.scalars(query))
 
     async def get_sample(self, sha256: str) -> Sample | None:
         async with self.session() as session:

@@ -37,13 +37,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ae-data")
 
 
-@pytest.fixture(scope="session")
-def settings(data_dir: Path) -> Settings:
+def make_settings(data_dir: Path) -> Settings:
+    """Settings of one test deployment: its own data dir and task queues."""
     return Settings(
         data_dir=data_dir, database_url_override=None, queue_prefix=f"test-{uuid.uuid4().hex[:8]}",
         lift_timeout_s=600, lift_memory_mb=6144, cpu_slots=2,
         auth="enabled", api_keys=(EXTERNAL_KEY,), internal_api_keys=(INTERNAL_KEY,),
     )
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> Settings:
+    return make_settings(data_dir)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -63,8 +68,9 @@ async def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-@pytest_asyncio.fixture(scope="session")
-async def workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+@contextlib.asynccontextmanager
+async def running_workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """Workers of every role, in this process, until the block ends."""
     running = await build_workers(client, settings, ["orchestration", "cpu", "gpu"])
     async with contextlib.AsyncExitStack() as stack:
         for worker in running:
@@ -72,8 +78,9 @@ async def workers(client: Client, settings: Settings) -> AsyncIterator[None]:
         yield
 
 
-@pytest_asyncio.fixture(scope="session")
-async def api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app over HTTP (ASGI transport), sending the internal key."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         app.state.ae.client = client
@@ -83,6 +90,18 @@ async def api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncCl
             headers={"Authorization": f"Bearer {INTERNAL_KEY}"},
         ) as http:
             yield http
+
+
+@pytest_asyncio.fixture(scope="session")
+async def workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+    async with running_workers(client, settings):
+        yield
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(settings, client) as http:
+        yield http
 
 
 def compile_c(tmp: Path, source: str, *flags: str, name: str = "prog") -> Path:

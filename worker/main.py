@@ -18,6 +18,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.catalog import Catalog
 from activities.deps import Deps
 from activities.embed import Embed
 from activities.explain import Explain
@@ -28,6 +29,7 @@ from common.config import Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
+from workflows.reanalyze import ReanalyzeAll
 
 ROLES = ("orchestration", "cpu", "gpu")
 log = logging.getLogger("worker")
@@ -40,12 +42,13 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
     if "orchestration" in roles:
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
-        persist, explain = Persist(deps), Explain(deps)
+        persist, explain, catalog = Persist(deps), Explain(deps), Catalog(deps)
         workers.append(
             Worker(
-                client, task_queue=settings.orchestration_queue, workflows=[AnalyzeSample],
+                client, task_queue=settings.orchestration_queue,
+                workflows=[AnalyzeSample, ReanalyzeAll],
                 activities=[persist.persist_results, persist.record_status,
-                            explain.explain_results],
+                            explain.explain_results, catalog.samples_to_reanalyze],
                 graceful_shutdown_timeout=timedelta(seconds=10),
             )
         )

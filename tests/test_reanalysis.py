@@ -1,0 +1,88 @@
+"""Batch reanalysis: every stored sample again after a model update, page by page."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from common.config import Settings
+from common.contracts import MODEL_NAME, ReanalyzeRequest, ReanalyzeSummary, workflow_id
+from festive.engine import model_card
+from tests.conftest import (
+    api_client,
+    compile_c,
+    make_settings,
+    running_workers,
+    submit,
+    wait_for_final,
+)
+
+
+@pytest.fixture(scope="module")
+def own_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A deployment of its own, so the batch sees only this module's samples."""
+    return make_settings(tmp_path_factory.mktemp("reanalysis"))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def own_api(own_settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_workers(client, own_settings), api_client(own_settings, client) as http:
+        yield http
+
+
+async def test_model_update_reanalyses_every_sample(
+    own_api: httpx.AsyncClient, own_settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    samples = []
+    for i in range(3):
+        program = compile_c(tmp_path, f"int main(void) {{ return {i}; }}\n", name=f"p{i}")
+        samples.append(await submit(own_api, program.read_bytes() + uuid.uuid4().bytes))
+    first_runs = {}
+    for sha in samples:
+        await wait_for_final(own_api, sha)
+        first_runs[sha] = (await own_api.get(f"/internal/queue/{sha}")).json()["id"]
+
+    # Nothing to do while every sample has a result of the current version.
+    response = await own_api.post("/internal/queue/reanalysis")
+    assert response.status_code == 200, response.text
+    batch = client.get_workflow_handle(
+        f"reanalyze/{MODEL_NAME}/{model_card()['version']}", run_id=response.json()["id"],
+        result_type=ReanalyzeSummary,
+    )
+    idle = await batch.result()
+    assert (idle.started, idle.joined, idle.failed) == (0, 0, 0)
+
+    # A new model version: every sample runs again; one sample per page forces
+    # continue-as-new between pages.
+    version = f"next-{uuid.uuid4().hex[:6]}"
+    handle = await client.start_workflow(
+        "ReanalyzeAll",
+        ReanalyzeRequest(MODEL_NAME, version, own_settings.cpu_queue, own_settings.gpu_queue,
+                         page_size=1, concurrency=2),
+        id=f"reanalyze/{MODEL_NAME}/{version}", task_queue=own_settings.orchestration_queue,
+        result_type=ReanalyzeSummary,
+    )
+    summary = await handle.result()
+    assert (summary.started, summary.succeeded, summary.failed) == (3, 3, 0)
+    runs = [r async for r in client.list_workflows(
+        f"WorkflowId = 'reanalyze/{MODEL_NAME}/{version}'")]
+    assert len(runs) == 4  # three full pages and the empty one that ends the batch
+
+    for sha in samples:
+        described = await client.get_workflow_handle(workflow_id(MODEL_NAME, sha)).describe()
+        assert described.run_id != first_runs[sha]
+        row = (await own_api.get(f"/internal/predictions/{sha}/{MODEL_NAME}")).json()
+        assert row["celery_task_id"] == described.run_id
+        assert row["prediction_results"] and row["error_details"] is None
+
+
+async def test_reanalysis_request_is_validated(own_api: httpx.AsyncClient) -> None:
+    for bad in ({"concurrency": 0}, {"concurrency": 65}, {"include_failed": "perhaps"}):
+        response = await own_api.post("/internal/queue/reanalysis", params=bad)
+        assert response.status_code == 422, (bad, response.text)
