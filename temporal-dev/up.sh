@@ -14,6 +14,19 @@ API_PORT=${API_PORT:-8000}
 export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-$TEMPORAL_IP:$TEMPORAL_PORT}
 mkdir -p "$AE_DATA_DIR/logs"
 
+# API keys (api/auth.py). Auth is on by default: keys not given in the environment are
+# generated once and kept in $AE_DATA_DIR/api-keys.env (mode 600). AE_AUTH=disabled turns
+# auth off, for local development only.
+export AE_AUTH=${AE_AUTH:-enabled}
+KEY_FILE="$AE_DATA_DIR/api-keys.env"
+if [[ "$AE_AUTH" != disabled && -z "${AE_API_KEYS:-}${AE_INTERNAL_API_KEYS:-}" ]]; then
+  if [[ ! -f "$KEY_FILE" ]]; then
+    new_key() { "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+    (umask 077; printf 'AE_API_KEYS=%s\nAE_INTERNAL_API_KEYS=%s\n' "$(new_key)" "$(new_key)" >"$KEY_FILE")
+  fi
+  set -a; source "$KEY_FILE"; set +a
+fi
+
 pids=()
 stop_all() {
   trap - INT TERM EXIT
@@ -55,6 +68,17 @@ done
 pids+=($!)
 wait_for_port "$API_HOST" "$API_PORT" "The API"
 
+if [[ "$AE_AUTH" == disabled ]]; then
+  AUTH_MSG="  WARNING: AE_AUTH=disabled: every operation is open to anyone who can reach the API.
+           Use this for local development only."
+  AUTH_HEADER=""
+else
+  AUTH_MSG="  API key:          ${AE_API_KEYS%%,*}   (external operations)
+  internal key:     ${AE_INTERNAL_API_KEYS%%,*}   (/internal/ operations)
+  (kept in $KEY_FILE unless given in AE_API_KEYS / AE_INTERNAL_API_KEYS)"
+  AUTH_HEADER="-H 'Authorization: Bearer ${AE_API_KEYS%%,*}' "
+fi
+
 cat <<MSG
 
 Attribution Engine is up.
@@ -62,7 +86,8 @@ Attribution Engine is up.
   Temporal Web UI:  http://$TEMPORAL_IP:$TEMPORAL_UI_PORT
   Temporal gRPC:    $TEMPORAL_ADDRESS
   data and logs:    $AE_DATA_DIR
-Try:  curl -F sample=@/usr/bin/ls http://$API_HOST:$API_PORT/samples
+$AUTH_MSG
+Try:  curl ${AUTH_HEADER}-F sample=@/usr/bin/ls http://$API_HOST:$API_PORT/samples
 Ctrl-C stops everything.
 MSG
 
