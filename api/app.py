@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError
 
 from api import handlers as h
@@ -126,6 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def temporal_unavailable(_request: Request, exc: RPCError) -> JSONResponse:
         return JSONResponse(
             status_code=503, content={"detail": f"the Temporal server answered: {exc.message}"}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+        """A locked or unreachable database is a temporary condition, not a server bug."""
+        return JSONResponse(
+            status_code=503, headers={"Retry-After": "5"},
+            content={"detail": f"the database is unavailable, retry later: {exc.orig}"},
         )
 
     return app
