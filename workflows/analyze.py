@@ -51,7 +51,7 @@ RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), maximum_attempts=0,
 )
 LIFT_TIMEOUT = timedelta(hours=1)
-LIFT_HEARTBEAT = timedelta(seconds=30)
+LIFT_HEARTBEAT = timedelta(seconds=15)  # the lift heartbeats every 2 s
 
 
 @workflow.defn(name="AnalyzeSample")
