@@ -72,7 +72,7 @@ async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
         if row is None and run is None:
             continue
         status[model.value] = pipeline.celery_status(row, run)
-        detailed[model.value] = pipeline.detailed_status(row, run)
+        detailed[model.value] = await pipeline.detailed_status(row, run)
     return {"status": status, "detailed_status": detailed}
 
 

@@ -146,11 +146,12 @@ def celery_status(row: Prediction | None, run: RunInfo | None) -> str:
     return STARTED
 
 
-def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[str, Any]:
+async def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "workflow_id": None, "run_id": row.celery_task_id if row else None,
         "execution_status": None, "stage": None, "attempt": None, "last_failure": None,
-        "started_at": None, "closed_at": None, "elapsed_s": None, "task_queue": None,
+        "started_at": None, "closed_at": None, "elapsed_s": None, "stages_ms": None,
+        "task_queue": None,
         "pending_activities": [],
         "model_version": row.model_version if row else None,
         "error_details": row.error_details if row else None,
@@ -171,6 +172,7 @@ def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[str, An
         started_at=desc.start_time.isoformat() if desc.start_time else None,
         closed_at=desc.close_time.isoformat() if desc.close_time else None,
         elapsed_s=round((end - desc.start_time).total_seconds(), 3) if desc.start_time else None,
+        stages_ms=await desc.memo_value("stages_ms", None),
         task_queue=desc.task_queue,
         history_length=desc.history_length,
         pending_activities=activities,

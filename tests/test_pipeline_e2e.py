@@ -52,6 +52,8 @@ async def test_compiled_zlib_program_is_attributed_to_zlib(
     assert status["status"][MODEL_NAME] == "SUCCESS", status
     detail = status["detailed_status"][MODEL_NAME]
     assert detail["execution_status"] == "COMPLETED" and detail["stage"] == "done"
+    assert set(detail["stages_ms"]) == {"unpack", "lift", "embed", "explain", "persist"}
+    assert all(ms >= 0 for ms in detail["stages_ms"].values())
 
     response = await api.get(f"/predictions/{sha256}/{MODEL_NAME}/results")
     assert response.status_code == 200

@@ -163,6 +163,9 @@ class AnalyzeSample:
         self._stage_started_ms = now_ms
         self._stage = stage
         workflow.upsert_search_attributes([STAGE.value_set(stage)])
+        if workflow.patched("stage-timings-memo"):
+            # describe() returns the memo with no worker running: stage timings for REST.
+            workflow.upsert_memo({"stages_ms": dict(self._stages_ms)})
 
     async def _record(self, request: AnalyzeRequest, status: str, error: str | None = None) -> None:
         update = StatusUpdate(
