@@ -7,13 +7,14 @@ directory tree and are renamed into place, so a reader never sees a half-written
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +28,24 @@ class BlobTooLarge(Exception):
 
 def is_sha256(value: str) -> bool:
     return bool(SHA256_RE.match(value))
+
+
+class _Incoming:
+    """Bytes on their way into the store: hashed, counted and capped as they are written."""
+
+    def __init__(self, out: BinaryIO, path: Path, max_bytes: int | None) -> None:
+        self.out, self.path, self.max_bytes = out, path, max_bytes
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            raise BlobTooLarge(f"larger than {self.max_bytes} bytes")
+        self.digest.update(chunk)
+        self.out.write(chunk)
+
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
 
 class BlobStore:
@@ -63,39 +82,31 @@ class BlobStore:
 
     def put_chunks(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int]:
         """Store a stream, hashing on the way; returns (sha256, size)."""
-        digest, size = hashlib.sha256(), 0
-        out, tmp = self._tempfile()
-        try:
-            with out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise BlobTooLarge(f"larger than {max_bytes} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return self._commit(tmp, digest.hexdigest()), size
+        with self._incoming(max_bytes) as incoming:
+            for chunk in chunks:
+                incoming.write(chunk)
+        return self._commit(incoming.path, incoming.sha256()), incoming.size
 
     async def put_async_chunks(
         self, chunks: AsyncIterator[bytes], max_bytes: int | None = None
     ) -> tuple[str, int]:
         """Async twin of put_chunks for uploads arriving from the web server."""
-        digest, size = hashlib.sha256(), 0
+        with self._incoming(max_bytes) as incoming:
+            async for chunk in chunks:
+                incoming.write(chunk)
+        return self._commit(incoming.path, incoming.sha256()), incoming.size
+
+    @contextlib.contextmanager
+    def _incoming(self, max_bytes: int | None) -> Iterator[_Incoming]:
+        """A temporary blob being written; removed again if writing it fails."""
         out, tmp = self._tempfile()
+        incoming = _Incoming(out, tmp, max_bytes)
         try:
             with out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise BlobTooLarge(f"larger than {max_bytes} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
+                yield incoming
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self._commit(tmp, digest.hexdigest()), size
 
     def put_bytes(self, data: bytes) -> str:
         return self.put_chunks([data])[0]

@@ -15,7 +15,12 @@ from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from common.contracts import FAILURE, PENDING, SUCCESS
 from store.models import SCHEMA_VERSION, Base, Prediction, Sample, StoreInfo
@@ -159,12 +164,8 @@ class PredictionStore:
         """Record a run's state; a stale run (not the row's current one) changes nothing."""
         now = utcnow()
         async with self.session.begin() as session:
-            row = await session.get(Prediction, (sha256, model))
+            row = await _row_for_run(session, sha256, model, run_id, now)
             if row is None:
-                row = Prediction(sha256_hash=sha256, model=model, created_at=now,
-                                 celery_task_id=run_id)
-                session.add(row)
-            elif row.celery_task_id not in (None, run_id):
                 return False
             row.celery_task_id = run_id
             row.model_version = model_version
@@ -182,11 +183,8 @@ class PredictionStore:
     ) -> bool:
         now = utcnow()
         async with self.session.begin() as session:
-            row = await session.get(Prediction, (sha256, model))
+            row = await _row_for_run(session, sha256, model, run_id, now)
             if row is None:
-                row = Prediction(sha256_hash=sha256, model=model, created_at=now)
-                session.add(row)
-            elif row.celery_task_id not in (None, run_id):
                 return False
             row.celery_task_id = run_id
             row.model_version = model_version
@@ -216,6 +214,19 @@ class PredictionStore:
                 return False
             await session.delete(row)
             return True
+
+
+async def _row_for_run(
+    session: AsyncSession, sha256: str, model: str, run_id: str, now: datetime
+) -> Prediction | None:
+    """The row a run may write: its own, or a new one; None when another run owns it."""
+    row = await session.get(Prediction, (sha256, model))
+    if row is None:
+        row = Prediction(sha256_hash=sha256, model=model, created_at=now, celery_task_id=run_id)
+        session.add(row)
+    elif row.celery_task_id not in (None, run_id):
+        return None
+    return row
 
 
 def _tune_sqlite(engine: AsyncEngine, url: str) -> None:

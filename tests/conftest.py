@@ -135,3 +135,19 @@ async def wait_for_final(
             return body
         await asyncio.sleep(0.5)
     raise AssertionError(f"no final status for {sha256} within {timeout_s} s: {body}")
+
+
+def lift_children(parent_pid: int) -> list[int]:
+    """Pids of the angr child processes (lifting.child) of one process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid and b"lifting.child" in cmdline:
+            found.append(int(entry.name))
+    return found

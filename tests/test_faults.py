@@ -29,7 +29,7 @@ from temporalio.client import Client
 from api.app import create_app
 from common.config import PROJECT_ROOT, Settings
 from common.contracts import MODEL_NAME, workflow_id
-from tests.conftest import TEMPORAL_CLI, compile_c, submit, wait_for_final
+from tests.conftest import TEMPORAL_CLI, compile_c, lift_children, submit, wait_for_final
 
 KEY = "faults-internal-key"
 # The issue asks for 100 concurrent submissions. Measured on the shared 2-core dev machine
@@ -237,22 +237,6 @@ def medium_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def variant(path: Path, tag: str) -> bytes:
     """The same program with bytes appended: a distinct sample that lifts the same way."""
     return path.read_bytes() + f"\0ae-fault-test {tag} {uuid.uuid4()}".encode()
-
-
-def lift_children(parent_pid: int) -> list[int]:
-    """Pids of the angr child processes of one worker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid and b"lifting.child" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 async def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

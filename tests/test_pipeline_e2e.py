@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from common.contracts import MODEL_NAME, workflow_id
-from tests.conftest import ZLIB_STATIC, compile_c, submit, wait_for_final
+from tests.conftest import ZLIB_STATIC, compile_c, lift_children, submit, wait_for_final
 
 pytestmark = pytest.mark.usefixtures("workers")
 
@@ -151,7 +151,7 @@ async def test_revoke_stops_a_running_lift_and_allows_resubmission(
         await asyncio.sleep(0.5)
     else:
         raise AssertionError(f"the lift never started: {detail}")
-    assert _angr_children() >= 1
+    assert len(lift_children(os.getpid())) >= 1
 
     revoked_at = time.monotonic()
     response = await api.post(f"/predictions/{sha256}/{MODEL_NAME}/revoke")
@@ -166,7 +166,7 @@ async def test_revoke_stops_a_running_lift_and_allows_resubmission(
     assert body["celery_task_id"] == run_id
     described = await client.get_workflow_handle(workflow_id(MODEL_NAME, sha256)).describe()
     assert described.status == WorkflowExecutionStatus.CANCELED
-    assert _angr_children() == 0, "the angr child process outlived the revoke"
+    assert len(lift_children(os.getpid())) == 0, "the angr child process outlived the revoke"
 
     # Revoking again is a clear 409, and the revoked sample may be submitted again.
     again = await api.post(f"/predictions/{sha256}/{MODEL_NAME}/revoke")
@@ -177,24 +177,6 @@ async def test_revoke_stops_a_running_lift_and_allows_resubmission(
     internal = await api.post(f"/internal/queue/{sha256}/revoke")
     assert internal.status_code == 200 and internal.json() == {"sample_id": sha256}
     assert (await wait_for_final(api, sha256, timeout_s=60))["status"][MODEL_NAME] == "REVOKED"
-
-
-def _angr_children() -> int:
-    """Lift child processes of this test process."""
-    me = os.getpid()
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == me and b"lifting.child" in cmdline:
-            count += 1
-    return count
 
 
 async def test_concurrent_submissions_of_one_new_file_start_one_run(
