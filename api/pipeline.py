@@ -12,15 +12,10 @@ from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from common import search_attributes
 from common.config import Settings
 from common.contracts import (
     FAILURE,
@@ -37,10 +32,6 @@ from common.contracts import (
 )
 from store.models import Prediction
 
-SHA256_ATTR = SearchAttributeKey.for_keyword("Sha256")
-MODEL_ATTR = SearchAttributeKey.for_keyword("ModelName")
-STAGE_ATTR = SearchAttributeKey.for_keyword("Stage")
-SEARCH_ATTRIBUTES = (SHA256_ATTR, MODEL_ATTR, STAGE_ATTR)
 RPC_TIMEOUT = timedelta(seconds=10)
 
 _CLOSED_TO_CELERY = {
@@ -74,11 +65,7 @@ async def start_analysis(
         task_queue=settings.orchestration_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(SHA256_ATTR, sha256),
-            SearchAttributePair(MODEL_ATTR, model_name),
-            SearchAttributePair(STAGE_ATTR, "queued"),
-        ]),
+        search_attributes=search_attributes.for_new_analysis(sha256, model_name),
         static_summary=f"{model_name} on {filename or sha256[:12]}",
         rpc_timeout=RPC_TIMEOUT,
     )
@@ -140,7 +127,7 @@ def celery_status(row: Prediction | None, run: RunInfo | None) -> str:
     pending = run.description.raw_description.pending_activities
     if any(_waiting_for_retry(a) for a in pending):
         return RETRY
-    stage = run.description.typed_search_attributes.get(STAGE_ATTR)
+    stage = run.description.typed_search_attributes.get(search_attributes.STAGE)
     if stage in (None, "queued") and not pending:
         return PENDING
     return STARTED
@@ -166,7 +153,7 @@ async def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[s
         workflow_id=desc.id,
         run_id=desc.run_id,
         execution_status=desc.status.name if desc.status else None,
-        stage=desc.typed_search_attributes.get(STAGE_ATTR),
+        stage=desc.typed_search_attributes.get(search_attributes.STAGE),
         attempt=max((a["attempt"] for a in activities), default=None),
         last_failure=next((a["last_failure"] for a in activities if a["last_failure"]), None),
         started_at=desc.start_time.isoformat() if desc.start_time else None,

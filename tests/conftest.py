@@ -20,7 +20,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.pipeline import SEARCH_ATTRIBUTES
+from common import search_attributes
 from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
 from worker.main import build_workers
@@ -55,7 +55,7 @@ def settings(data_dir: Path) -> Settings:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     assert TEMPORAL_CLI.exists(), f"temporal CLI missing at {TEMPORAL_CLI}: run make venv"
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_CLI), search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_existing_path=str(TEMPORAL_CLI), search_attributes=search_attributes.ALL,
     )
     try:
         yield env

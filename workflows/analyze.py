@@ -11,7 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
@@ -35,8 +35,8 @@ with workflow.unsafe.imports_passed_through():
         StatusUpdate,
         UnpackResult,
     )
+    from common.search_attributes import STAGE
 
-STAGE = SearchAttributeKey.for_keyword("Stage")
 
 # Transient faults (a worker restart, a locked database) retry with backoff; bad input
 # is raised as non-retryable and fails once.

@@ -13,17 +13,12 @@ import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import (
-    RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from common import search_attributes
     from common.contracts import (
         AnalyzeRequest,
         ReanalyzeRequest,
@@ -32,10 +27,6 @@ with workflow.unsafe.imports_passed_through():
         SampleRef,
         workflow_id,
     )
-
-SHA256_ATTR = SearchAttributeKey.for_keyword("Sha256")
-MODEL_ATTR = SearchAttributeKey.for_keyword("ModelName")
-STAGE_ATTR = SearchAttributeKey.for_keyword("Stage")
 
 
 @workflow.defn(name="ReanalyzeAll")
@@ -77,11 +68,9 @@ class ReanalyzeAll:
                     id=workflow_id(request.model_name, sample.sha256),
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                     parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                    search_attributes=TypedSearchAttributes([
-                        SearchAttributePair(SHA256_ATTR, sample.sha256),
-                        SearchAttributePair(MODEL_ATTR, request.model_name),
-                        SearchAttributePair(STAGE_ATTR, "queued"),
-                    ]),
+                    search_attributes=search_attributes.for_new_analysis(
+                        sample.sha256, request.model_name
+                    ),
                 )
             except WorkflowAlreadyStartedError:
                 return "joined"  # a submission is analysing it right now
