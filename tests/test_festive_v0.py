@@ -115,14 +115,18 @@ def _by_name(lift: dict) -> dict[str, dict]:
 
 
 def test_statement_normalisation_drops_temps_constants_offsets() -> None:
-    config = FeatureConfig()
-    assert normalise_statement("t10 = CmpEQ64(t2,0x0000000000000000)", config) == "CmpEQ"
-    assert normalise_statement("t4 = LDle:I64(t3)", config) == "LD"
-    assert normalise_statement("t5 = 64to32(t4)", config) == "to"
-    assert normalise_statement("PUT(offset=144) = t2", config) is None  # drop_put default
-    assert normalise_statement("NEXT Ijk_Call 0x0000000000401000", config) == "NEXT:Ijk_Call:c"
+    stripped = FeatureConfig(strip_widths=True)
+    assert normalise_statement("t10 = CmpEQ64(t2,0x0000000000000000)", stripped) == "CmpEQ"
+    assert normalise_statement("t4 = LDle:I64(t3)", stripped) == "LD"
+    assert normalise_statement("t5 = 64to32(t4)", stripped) == "to"
     wide = FeatureConfig(strip_widths=False)
     assert normalise_statement("t10 = CmpEQ64(t2,0x0000000000000000)", wide) == "CmpEQ64"
+    assert normalise_statement("t4 = LDle:I64(t3)", wide) == "LD:I64"
+    assert normalise_statement("t6 = GET:I32(offset=16)", wide) == "GET:I32"
+    assert normalise_statement("PUT(offset=144) = t2", wide) is None  # drop_put default
+    assert normalise_statement("t7 = t6", wide) is None  # copies carry nothing
+    assert normalise_statement("NEXT Ijk_Call 0x0000000000401000", wide) == "NEXT:Ijk_Call:c"
+    assert normalise_statement("NEXT Ijk_Ret t9", wide) == "NEXT:Ijk_Ret:i"
 
 
 def test_features_non_empty_and_normalised(own_lifts: dict[str, dict]) -> None:

@@ -2,7 +2,9 @@
 
 Stages (each cached, so a re-run only does what is missing):
   1. fetch  : apt-get download PKG:ARCH=VERSION, dpkg-deb -x   -> data/reference-cache/
-  2. lift   : one nice'd subprocess per shared object, with a timeout -> lift/*.json.gz
+  2. lift   : one nice'd subprocess per shared object, with a timeout -> lift/*.json.gz;
+              the same for the held-out static builds (-dev .a linked whole, see
+              validation.py) -> validation/*.json.gz
   3. index  : label functions from exported .dynsym names, fit v0, write festive/weights/v0/
 """
 
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.stage in ("lift", "all"):
         fetch_and_lift(args.cache, archs, args.family, args.lift_timeout)
+        from festive.reference.validation import prepare
+
+        records = prepare(args.cache, lift_library, args.lift_timeout, args.family)
+        (args.cache / "validation-manifest.json").write_text(json.dumps(records, indent=1))
     if args.stage in ("index", "all"):
         from festive.reference.index import build_index
 

@@ -16,8 +16,9 @@ From these:
 * verdict gate: a family needs more matches than any held-out build spuriously gave a
   single family at those thresholds, i.e. at least `min_family_matches` and more than
   `min_family_share` x functions considered;
-* precision table: P(matched family is right | similarity), weighting in-corpus and
-  out-of-corpus functions equally (an assumption, written into the card).
+* precision table: P(matched family is right | similarity >= s), weighting in-corpus
+  (the static-link hold-out when present) and out-of-corpus functions equally (an
+  assumption, written into the card).
 """
 
 from __future__ import annotations
@@ -72,8 +73,53 @@ def _run(searcher: Searcher, index: ReferenceIndex, groups: list[np.ndarray]
     return np.concatenate(rows_all), hits_all
 
 
-def evaluate(index: ReferenceIndex, max_fpr: float = 0.01) -> dict[str, Any]:
-    """Run both experiments; return thresholds, precision table and metrics (JSON-able)."""
+def _static_holdout(searcher: Searcher, index: ReferenceIndex, holdout: dict[str, Any],
+                    thresholds: list[list[float]]) -> dict[str, Any]:
+    """Query the static builds against the full index; per family/arch recall etc."""
+    hits = searcher.search(holdout["matrix"])
+    sims = np.array([h.similarity for h in hits])
+    fam = holdout["family"]
+    ok = np.array([h.family == f for h, f in zip(hits, fam, strict=True)])
+    passed = np.array([s >= threshold_for(thresholds, int(b))
+                       for s, b in zip(sims, holdout["blocks"], strict=True)])
+    name_ok = ok & np.array([index.row_name[h.row] == n
+                             for h, n in zip(hits, holdout["name"], strict=True)])
+    indexed_names = set(index.row_name)
+    has_twin = np.array([n in indexed_names for n in holdout["name"]])
+    groups = {}
+    for f in np.unique(fam):
+        for a in np.unique(holdout["arch"]):
+            sel = (fam == f) & (holdout["arch"] == a)
+            if not sel.any():
+                continue
+            groups[f"{index.families[f]}/{a}"] = {
+                "queries": int(sel.sum()),
+                "matched_right_family": int((ok & passed & sel).sum()),
+                "matched_wrong_family": int((~ok & passed & sel).sum()),
+                "top1_function_exported": round(float(name_ok[sel & has_twin].mean()), 4)
+                if (sel & has_twin).any() else None,
+            }
+    return {
+        "queries": len(sims),
+        "recall_at_threshold": round(float((ok & passed).mean()), 4),
+        "wrong_family_rate_at_threshold": round(float((~ok & passed).mean()), 4),
+        "precision_at_threshold": round(float(ok[passed].mean()), 4) if passed.any() else None,
+        "recall_exported_at_threshold": round(float((ok & passed)[has_twin].mean()), 4)
+        if has_twin.any() else None,
+        "per_family_arch": groups,
+        "_sims": sims,
+        "_ok": ok,
+    }
+
+
+def evaluate(index: ReferenceIndex, max_fpr: float = 0.01,
+             holdout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the experiments; return thresholds, precision table and metrics (JSON-able).
+
+    `holdout` (validation.py): statically linked builds of the same libraries, queried
+    against the full index. When present it is the in-corpus side of the precision
+    table (it looks like a real sample); otherwise leave-one-build-out is.
+    """
     searcher = Searcher(index, device="cpu")
     fam, build = index.row_family, index.row_build
     names = np.asarray(index.row_name)
@@ -124,11 +170,16 @@ def evaluate(index: ReferenceIndex, max_fpr: float = 0.01) -> dict[str, Any]:
         else:
             share = max(share, top / int(sel.sum()))
 
+    static = _static_holdout(searcher, index, holdout, thresholds) if holdout else None
+    if static is not None:
+        pos_sims, pos_ok = static.pop("_sims"), static.pop("_ok")
+    else:
+        pos_sims, pos_ok = in_sims, in_ok
     precision_table = []
-    w_in, w_out = 0.5 / max(len(in_sims), 1), 0.5 / max(len(out_sims), 1)
+    w_in, w_out = 0.5 / max(len(pos_sims), 1), 0.5 / max(len(out_sims), 1)
     for lo in PRECISION_BINS:
-        good = w_in * int((in_ok & (in_sims >= lo)).sum())
-        bad = w_in * int((~in_ok & (in_sims >= lo)).sum()) + w_out * int((out_sims >= lo).sum())
+        good = w_in * int((pos_ok & (pos_sims >= lo)).sum())
+        bad = w_in * int((~pos_ok & (pos_sims >= lo)).sum()) + w_out * int((out_sims >= lo).sum())
         precision_table.append([lo, round(good / (good + bad), 4) if good + bad else 0.0])
 
     per_arch = {}
@@ -161,6 +212,7 @@ def evaluate(index: ReferenceIndex, max_fpr: float = 0.01) -> dict[str, Any]:
                 "median_similarity": round(float(np.median(in_sims)), 4),
                 "per_arch": per_arch,
             },
+            "static_link_holdout": static,
             "leave_one_family_out": {
                 "queries": len(out_sims),
                 "median_similarity": round(float(np.median(out_sims)), 4),

@@ -87,16 +87,41 @@ def collect(cache: Path, archs: list[str] | None, families: list[str] | None,
             "libraries": libraries}
 
 
+def collect_holdout(cache: Path, families: list[str] | None,
+                    index: ReferenceIndex) -> dict[str, Any] | None:
+    """Vectors of the statically linked held-out builds, labelled by family."""
+    from festive.features import is_considered
+    from festive.reference.validation import iter_validation
+
+    funcs, fam, arch, names = [], [], [], []
+    for vb in iter_validation(cache, families):
+        if vb.family not in index.families:
+            continue
+        for func in vb.lift["functions"]:
+            if func.get("name") in vb.names and is_considered(func):
+                funcs.append(func)
+                fam.append(index.families.index(vb.family))
+                arch.append(vb.arch)
+                names.append(func["name"])
+    if not funcs:
+        return None
+    print(f"[index] held-out static builds: {len(funcs)} functions", flush=True)
+    return {"matrix": index.vectoriser.vectors(funcs), "family": np.asarray(fam),
+            "arch": np.asarray(arch), "name": np.asarray(names),
+            "blocks": np.asarray([len(f["blocks"]) for f in funcs])}
+
+
 def build_index(cache: Path, out: Path, archs: list[str] | None = None,
                 families: list[str] | None = None, config: FeatureConfig | None = None,
-                write: bool = True) -> dict[str, Any]:
+                write: bool = True, group_weights: dict[str, float] | None = None,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit, calibrate and (when `write`) save index.npz + card.json; return the card."""
     started = time.monotonic()
     config = config or FeatureConfig()
-    data = collect(cache, archs, families, config)
+    data = data or collect(cache, archs, families, config)
     if not data["bags"]:
         raise SystemExit(f"no lifted reference functions under {cache}/lift")
-    vectoriser = Vectoriser.fit(data["bags"], config)
+    vectoriser = Vectoriser.fit(data["bags"], config, group_weights=group_weights)
     matrix = cap_terms(vectoriser.transform(data["bags"]), MAX_TERMS_PER_FUNCTION)
     index = ReferenceIndex(
         vectoriser, matrix, data["families"], data["builds"], data["build_arch"],
@@ -106,7 +131,8 @@ def build_index(cache: Path, out: Path, archs: list[str] | None = None,
     )
     # Calibrate on exactly what ships: float16 values, as the engine will load them.
     index.matrix.data = index.matrix.data.astype(np.float16).astype(np.float32)
-    calibration = evaluate(index)
+    holdout = collect_holdout(cache, families, index)
+    calibration = evaluate(index, holdout=holdout)
     card = {
         "name": "FESTIVE Func Sim",
         "engine": "v0",
