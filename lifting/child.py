@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import resource
 import sys
+from pathlib import Path
+
+from lifting.angr_lift import UnsupportedBinary
 
 EXIT_OK = 0
 EXIT_UNSUPPORTED = 3
@@ -20,29 +24,53 @@ EXIT_CRASH = 5
 def main(argv: list[str]) -> int:
     sample, out = argv[1], argv[2]
     try:
-        from lifting.angr_lift import UnsupportedBinary, lift_binary
-
-        result = lift_binary(sample, progress=lambda msg: print(msg, flush=True))
+        return _lift(sample, out)
     except UnsupportedBinary as exc:
-        print(f"ERROR {exc}", file=sys.stderr, flush=True)
-        return EXIT_UNSUPPORTED
+        return _fail(str(exc), EXIT_UNSUPPORTED)
     except MemoryError:
-        print("ERROR lifting exceeded the memory limit", file=sys.stderr, flush=True)
-        return EXIT_MEMORY
-    except RecursionError as exc:
-        print(f"ERROR angr recursed too deep on this binary: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CRASH
-    except Exception as exc:  # angr raises anything on crafted input; report, don't hang
-        print(f"ERROR angr failed: {type(exc).__name__}: {exc}"[:2000], file=sys.stderr, flush=True)
-        return EXIT_CRASH
+        return _fail("lifting exceeded the memory limit", EXIT_MEMORY)
+    except BaseException as exc:  # angr raises anything on crafted input; report, don't hang
+        if _near_memory_limit():
+            # Out of address space, angr's native parts fail in odd ways (SystemError,
+            # NULL results): name the real cause.
+            return _fail(f"lifting exceeded the memory limit ({type(exc).__name__})",
+                         EXIT_MEMORY)
+        if isinstance(exc, RecursionError):
+            return _fail(f"angr recursed too deep on this binary: {exc}", EXIT_CRASH)
+        return _fail(f"angr failed: {type(exc).__name__}: {exc}"[:2000], EXIT_CRASH)
+
+
+def _lift(sample: str, out: str) -> int:
+    from lifting.angr_lift import lift_binary
+
+    result = lift_binary(sample, progress=lambda msg: print(msg, flush=True))
     if not result["functions"]:
-        print("ERROR no functions were recovered from the binary", file=sys.stderr, flush=True)
-        return EXIT_UNSUPPORTED
+        return _fail("no functions were recovered from the binary", EXIT_UNSUPPORTED)
     raw = json.dumps(result, sort_keys=True, separators=(",", ":")).encode()
     with open(out, "wb") as handle:
         handle.write(gzip.compress(raw, compresslevel=6, mtime=0))
     print(f"done {len(result['functions'])} functions", flush=True)
     return EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ERROR {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _near_memory_limit(fraction: float = 0.9) -> bool:
+    """Whether this process's peak address space came close to its RLIMIT_AS."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return False
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("VmPeak:"):
+            return int(line.split()[1]) * 1024 >= fraction * soft
+    return False
 
 
 if __name__ == "__main__":
