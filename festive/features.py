@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 FEATURE_VERSION = "vexop/1"
@@ -45,6 +45,9 @@ class FeatureConfig:
     # calibrated threshold (0.40 -> 0.32), and cross-arch pairs rarely pass the threshold
     # either way (~1%): v0 keeps widths.
     strip_widths: bool = False
+    # Also emit width-stripped op tokens (prefixed "~") beside the exact ones. Measured:
+    # no gain (static-link recall 0.396 vs 0.402, cross-arch top-1 0.04), so off.
+    also_stripped: bool = False
     drop_put: bool = True  # guest register writes (arch-specific; measured: better off)
     drop_get: bool = False  # guest register reads
     bigrams: bool = True
@@ -172,13 +175,18 @@ def function_tokens(func: dict[str, Any], config: FeatureConfig) -> Counter[str]
     """Bag of tokens of one function: IR ops (+bigrams), structure, calls, strings."""
     bag: Counter[str] = Counter()
     func_addr = int(func.get("addr", "0x0"), 16)
+    stripped = replace(config, strip_widths=True)
     for block in func.get("blocks", []):
-        tokens = block_tokens(block.get("vex", []), config)
-        bag.update(tokens)
+        vex = block.get("vex", [])
+        streams = [block_tokens(vex, config)]
+        if config.also_stripped and not config.strip_widths:
+            streams.append(["~" + t for t in block_tokens(vex, stripped)])
+        for tokens in streams:
+            bag.update(tokens)
+            if config.bigrams:
+                bag.update(f"{a}>{b}" for a, b in zip(tokens, tokens[1:], strict=False))
         if config.constants:
-            bag.update(constant_tokens(block.get("vex", []), func_addr))
-        if config.bigrams:
-            bag.update(f"{a}>{b}" for a, b in zip(tokens, tokens[1:], strict=False))
+            bag.update(constant_tokens(vex, func_addr))
     if config.structure:
         counts = structural_counts(func)
         for key, value in counts.items():

@@ -252,8 +252,9 @@ class Searcher:
         for start in range(0, queries.n_rows, batch):
             stop = min(start + batch, queries.n_rows)
             q = torch.from_numpy(queries.to_dense(slice(start, stop))).to(self.device)
+            qt = q.T.contiguous()
             # float16 storage can overshoot 1.0 by ~1e-4: clamp to the cosine range.
-            sims = torch.sparse.mm(self.ref, q.T).clamp_(-1.0, 1.0) + self.bias[:, None]
+            sims = torch.sparse.mm(self.ref, qt).clamp_(-1.0, 1.0) + self.bias[:, None]
             fam_best = torch.full((self.n_families, stop - start), -math.inf,
                                   device=self.device)
             fam_best = fam_best.scatter_reduce(

@@ -20,6 +20,7 @@ from festive.features import FEATURE_VERSION, FeatureConfig
 from festive.reference.calibrate import evaluate
 from festive.reference.corpus import iter_builds, labelled_functions
 from festive.reference.packages import PACKAGES
+from festive.reference.validation import DEV_PACKAGES, LINKERS
 from festive.v0 import Csr, ReferenceIndex, Vectoriser
 
 MODEL_VERSION = "0.1.0"
@@ -151,8 +152,14 @@ def build_index(cache: Path, out: Path, archs: list[str] | None = None,
         "feature_config": config.to_dict(),
         "group_weights": vectoriser.group_weights,
         "functions_per_family_arch": data["counts"],
-        "packages": [{"family": p.family, "package": p.name, "version": p.version}
+        "packages": [{"family": p.family, "package": p.name, "version": p.version,
+                      "architectures": sorted({lib["arch"] for lib in data["libraries"]
+                                               if lib["package"] == p.name})}
                      for p in PACKAGES if p.family in data["families"]],
+        "holdout_packages": [{"family": p.family, "package": DEV_PACKAGES[p.family][0],
+                              "version": p.version, "archive": DEV_PACKAGES[p.family][1],
+                              "architectures": sorted(LINKERS)}
+                             for p in PACKAGES if p.family in data["families"]],
         "libraries": data["libraries"],
         "labels": "exported STT_FUNC/STT_GNU_IFUNC names from .dynsym (default "
                   "visibility); functions with < 5 basic blocks, unexported, PLT and "
