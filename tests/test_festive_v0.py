@@ -195,3 +195,15 @@ def test_static_zlib_program_is_attributed_to_zlib(tmp_path: Path) -> None:
     by_name = {m["name"]: m for m in result["matches"].values()}
     assert by_name["deflate"]["reference_function"] == "deflate"
     assert by_name["deflate"]["family"] == "zlib"
+
+
+def test_code_from_no_reference_family_is_unknown(own_lifts: dict[str, dict]) -> None:
+    children = [{"sha256": "cd" * 32, "name": "own-O2", "lift": own_lifts["-O2"]}]
+    gzip_bin = shutil.which("gzip")
+    if gzip_bin:  # GNU gzip: its own deflate, not zlib; must not be called zlib
+        children.append({"sha256": "ef" * 32, "name": "gzip", "lift": lift_binary(gzip_bin)})
+    result = load_engine().attribute(children)
+    _assert_all_string_leaves(result)
+    assert result["verdict"] == "unknown", result["families"]
+    assert result["confidence"] == "0.0000"
+    assert set(result["children"]) == {c["sha256"] for c in children}
