@@ -12,6 +12,7 @@ import io
 import json
 import math
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,18 +174,28 @@ class ReferenceIndex:
             "meta": self.meta,
         }
         col_dtype = np.uint16 if self.matrix.n_cols <= 65536 else np.int32
+        arrays = {
+            "header": np.frombuffer(json.dumps(header, separators=(",", ":")).encode(),
+                                    np.uint8),
+            "idf": self.vectoriser.idf.astype(np.float32),
+            "row_nnz": np.diff(self.matrix.indptr).astype(np.int32),
+            "indices": self.matrix.indices.astype(col_dtype),
+            "data": self.matrix.data.astype(value_dtype),
+            "row_family": self.row_family.astype(np.int16),
+            "row_build": self.row_build.astype(np.int16),
+            "row_blocks": self.row_blocks.astype(np.int32),
+        }
+        # np.savez stamps the current time into the zip: write it by hand with a fixed
+        # timestamp so that the same corpus gives the same bytes (and weights_sha256).
         buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            header=np.frombuffer(json.dumps(header, separators=(",", ":")).encode(), np.uint8),
-            idf=self.vectoriser.idf.astype(np.float32),
-            row_nnz=np.diff(self.matrix.indptr).astype(np.int32),
-            indices=self.matrix.indices.astype(col_dtype),
-            data=self.matrix.data.astype(value_dtype),
-            row_family=self.row_family.astype(np.int16),
-            row_build=self.row_build.astype(np.int16),
-            row_blocks=self.row_blocks.astype(np.int32),
-        )
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, array in arrays.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array),
+                                          allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, member.getvalue())
         path.write_bytes(buf.getvalue())
 
     @classmethod

@@ -168,7 +168,6 @@ def build_index(cache: Path, out: Path, archs: list[str] | None = None,
         "calibration_assumption": "precision_table weights in-corpus and out-of-corpus "
                                   "functions equally; idf is fitted on the full corpus",
         "build_command": BUILD_COMMAND,
-        "build_seconds": None,
     }
     if write:
         out.mkdir(parents=True, exist_ok=True)
@@ -176,10 +175,10 @@ def build_index(cache: Path, out: Path, archs: list[str] | None = None,
         index.save(path)
         card["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         card["index_bytes"] = path.stat().st_size
-        card["build_seconds"] = round(time.monotonic() - started, 1)
         (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         print(f"[index] wrote {path} ({card['index_bytes'] / 1e6:.1f} MB), "
-              f"{matrix.n_rows} functions, vocabulary {len(vectoriser.vocab)}", flush=True)
+              f"{matrix.n_rows} functions, vocabulary {len(vectoriser.vocab)}, "
+              f"{time.monotonic() - started:.0f} s", flush=True)
     print(json.dumps({"thresholds": card["thresholds"], "evaluation": card["evaluation"]},
                      indent=1), flush=True)
     return card
