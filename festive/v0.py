@@ -27,8 +27,9 @@ INDEX_FORMAT = "festive-v0-index/1"
 # Relative weight of each token group before normalisation. Chosen by measurement
 # (static-link hold-out recall at 1% out-of-corpus match rate, see card.json): op
 # bigrams carry order and are worth twice a unigram; immediates and strings survive
-# recompilation; callee names exist only for dynamic imports, so 1.0. (Strings are
-# empty in ae-lift/1 lifts today: lift_binary's string_references call fails.)
+# recompilation; callee names exist only for dynamic imports, so 1.0. (Strings were
+# empty in the ae-lift/1 lifts the shipped index was built from, so string tokens are
+# not in its vocabulary yet: rebuild the index from ae-lift/2 lifts to use them.)
 DEFAULT_GROUP_WEIGHTS: dict[str, float] = {"op": 1.0, "bigram": 2.0, "#": 1.0,
                                            "call": 1.0, "str": 2.0, "k": 2.0}
 

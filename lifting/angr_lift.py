@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-LIFT_FORMAT = "ae-lift/1"
+LIFT_FORMAT = "ae-lift/2"  # /2: referenced strings are filled in
 
 # Function names of compiler/runtime scaffolding: never worth attributing.
 RUNTIME_FUNCTIONS = frozenset(
@@ -134,10 +134,14 @@ def _referenced_strings(cfg: Any, func: Any, limit: int = 16) -> list[str]:
     """Printable strings the function points at (data references found by CFGFast)."""
     found: list[str] = []
     try:
-        refs = func.string_references(minimum_length=4, vex_only=True)
+        refs = func.string_references(minimum_length=4)
     except Exception:
         return found
-    for _addr, content in refs:
+    seen: set[int] = set()
+    for addr, content in refs:
+        if addr in seen:  # one string used at several call sites counts once
+            continue
+        seen.add(addr)
         text = content.decode("latin-1") if isinstance(content, bytes) else str(content)
         found.append(text[:64])
         if len(found) >= limit:

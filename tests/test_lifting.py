@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lifting.angr_lift import lift_binary
+from lifting.angr_lift import LIFT_FORMAT, lift_binary
 from lifting.child import EXIT_OK, EXIT_UNSUPPORTED
 
 SOURCE = r"""
@@ -61,7 +61,7 @@ def build(tmp: Path, target: str, link: str) -> Path:
 def test_lifts_functions_with_blocks_edges_and_vex(name: str, tmp_path: Path) -> None:
     target, link, fmt, arch = TARGETS[name]
     lifted = lift_binary(str(build(tmp_path, target, link)))
-    assert lifted["format"] == "ae-lift/1"
+    assert lifted["format"] == LIFT_FORMAT
     assert lifted["binary"]["format"] == fmt and lifted["binary"]["arch"] == arch
     functions = {f["name"]: f for f in lifted["functions"]}
     assert {"checksum", "classify"} <= set(functions)
@@ -95,3 +95,16 @@ def test_child_process_writes_the_lift(tmp_path: Path) -> None:
     result = run_child(Path("/bin/true"), out)
     assert result.returncode == EXIT_OK, result.stderr
     assert out.stat().st_size > 1000 and "done" in result.stdout
+
+
+def test_referenced_strings_are_recorded(tmp_path: Path) -> None:
+    src = tmp_path / "s.c"
+    src.write_text('#include <stdio.h>\nint main(int c, char **v) {\n'
+                   '  if (c > 2) puts("attribution-engine-marker");\n'
+                   '  printf("%s and %s\\n", v[0], "second-marker");\n  return 0;\n}\n')
+    subprocess.run(["gcc", "-O1", str(src), "-o", str(tmp_path / "s")], check=True)
+    lifted = lift_binary(str(tmp_path / "s"))
+    (main,) = [f for f in lifted["functions"] if f["name"] == "main"]
+    assert "attribution-engine-marker" in main["strings"]
+    assert "second-marker" in main["strings"]
+    assert len(main["strings"]) == len(set(main["strings"]))
