@@ -34,9 +34,13 @@ test-deps:
 test: venv test-deps lint
 	$(VENV)/bin/python -m pytest -q -ra
 
-# Rebuild the shipped reference index from Debian packages (slow; see festive/reference/README.md).
+# Rebuild the shipped reference index from Debian packages: ~45 min of angr on 2 cores,
+# needs root for dpkg/apt (see festive/reference/README.md). `--stage index` refits
+# only the index from data/reference-cache/.
 index: venv
-	$(VENV)/bin/python -m festive.reference.build
+	dpkg --add-architecture arm64 && dpkg --add-architecture i386 && dpkg --add-architecture armhf
+	-apt-get update
+	nice -n 10 $(VENV)/bin/python -m festive.reference.build
 
 clean-data:
 	rm -rf data
