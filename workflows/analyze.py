@@ -68,8 +68,8 @@ class AnalyzeSample:
     @workflow.run
     async def run(self, request: AnalyzeRequest) -> AnalyzeSummary:
         run_id = workflow.info().run_id
-        await self._record(request, STARTED)
         try:
+            await self._record(request, STARTED)
             unpacked = await self._unpack(request)
             lifted = await self._lift(request, unpacked)
             embedded = await self._embed(request, unpacked, lifted)
