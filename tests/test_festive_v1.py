@@ -71,6 +71,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "festive" / "weights" / "v1" / "
 
 
 def _build_and_lift(tmp: Path, opt: str) -> dict[str, dict]:
+    """{function name: lifted function} plus "__lift__": the whole lift_binary output."""
     from lifting.angr_lift import lift_binary
 
     src = tmp / "sample.c"
@@ -78,7 +79,8 @@ def _build_and_lift(tmp: Path, opt: str) -> dict[str, dict]:
     out = tmp / f"sample-{opt}.so"
     subprocess.run(["gcc", f"-{opt}", "-fPIC", "-shared", "-o", str(out), str(src)], check=True)
     lifted = lift_binary(str(out))
-    return {f["name"]: f for f in lifted["functions"] if f.get("name") in NAMES}
+    funcs = {f["name"]: f for f in lifted["functions"] if f.get("name") in NAMES}
+    return {**funcs, "__lift__": lifted}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_model_loads_and_embeds_unit_vectors(lifted: dict[str, dict[str, dict]])
 
     embedder = Embedder(WEIGHTS, device="cpu")
     assert n_parameters(embedder.model) < 1_000_000
-    funcs = list(lifted["O0"].values())
+    funcs = [lifted["O0"][n] for n in NAMES if n in lifted["O0"]]
     emb = embedder.embed(funcs)
     assert emb.shape == (len(funcs), embedder.model.config.out_dim)
     assert emb.dtype == np.float32
@@ -164,3 +166,27 @@ def test_bootstrap_ci_hand_made() -> None:
     assert mean == 0.5 and lo < 0.5 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # normal approximation
     assert bootstrap_ci(values, reps=500, seed=3) == bootstrap_ci(values, reps=500, seed=3)
+
+
+CARD = WEIGHTS.parent / "card.json"
+
+
+@pytest.mark.skipif(not (WEIGHTS.parent / "reference.npz").exists(), reason="no v1 index yet")
+def test_v1_engine_speaks_v0s_result_format(lifted: dict[str, dict[str, dict]]) -> None:
+    from festive.v1.engine import EngineV1
+
+    engine = EngineV1()
+    child = {"sha256": "ab" * 32, "name": "sample.so", "lift": lifted["O2"]["__lift__"]}
+    result = engine.attribute([child])
+    assert result["engine"] == "v1"
+    assert {"model", "model_version", "verdict", "confidence", "functions_total",
+            "functions_considered", "functions_matched", "families", "matches",
+            "children"} <= set(result)
+
+    def leaves(value: object) -> list[object]:
+        if isinstance(value, dict):
+            return [x for v in value.values() for x in leaves(v)]
+        return [value]
+
+    assert all(isinstance(x, str) for x in leaves(result))
+    assert int(result["functions_considered"]) >= 1

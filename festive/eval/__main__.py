@@ -8,6 +8,7 @@ Writes <out>.json (every number) and <out>.md (the report table). Fixed seeds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -129,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
         results["auc"][m.name] = pair_auc(m, xm, args.seed)
         print(f"{m.name}: search+auc {time.time() - t:.0f}s", flush=True)
 
-    card_path = WEIGHTS.parent / "card.json"
     results["meta"] = {
         "test_projects": projects,
         "builds": builds,
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "embed_ms_per_function_cpu": embed_ms,
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": 1,
-        "weights_sha256": json.loads(card_path.read_text())["weights_sha256"]
-        if card_path.exists() else None,
+        "weights_sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
         "seconds": time.time() - t0,
     }
     Path(args.out + ".json").write_text(json.dumps(results, indent=1))
