@@ -73,6 +73,7 @@ class Lift:
             preexec_fn=lambda: _limit_child(memory),
         )
         last_line = "starting angr"
+        peak_bytes = 0
         stderr_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.lift_timeout_s
@@ -86,6 +87,7 @@ class Lift:
                     break
                 if line:
                     last_line = line.decode(errors="replace").strip()
+                peak_bytes = max(peak_bytes, _vm_peak_bytes(proc.pid))
                 activity.heartbeat(f"{name}: {last_line}")
                 if loop.time() > deadline:
                     raise ApplicationError(
@@ -100,12 +102,30 @@ class Lift:
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         stderr = (await stderr_task).decode(errors="replace")
-        _raise_for_exit(code, stderr, name, settings.lift_memory_mb)
+        _raise_for_exit(code, stderr, name, settings.lift_memory_mb,
+                        near_memory_limit=peak_bytes >= 0.8 * memory)
 
 
-def _raise_for_exit(code: int, stderr: str, name: str, memory_mb: int) -> None:
+def _vm_peak_bytes(pid: int) -> int:
+    """Peak address space of a running child (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _raise_for_exit(
+    code: int, stderr: str, name: str, memory_mb: int, near_memory_limit: bool = False
+) -> None:
     if code == EXIT_OK:
         return
+    if code != EXIT_UNSUPPORTED and near_memory_limit:
+        # Out of address space, native code aborts (SIGABRT on a failed allocation) or
+        # fails oddly before Python sees a MemoryError: name the real cause.
+        code = EXIT_MEMORY
     errors = [ln[6:] for ln in stderr.splitlines() if ln.startswith("ERROR ")]
     message = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
     if code == EXIT_UNSUPPORTED:

@@ -41,6 +41,9 @@ class Settings:
     lift_timeout_s: int = field(default_factory=lambda: _env_int("AE_LIFT_TIMEOUT_S", 1800))
     lift_memory_mb: int = field(default_factory=lambda: _env_int("AE_LIFT_MEMORY_MB", 8192))
     cpu_slots: int = field(default_factory=lambda: _env_int("AE_CPU_SLOTS", os.cpu_count() or 1))
+    graceful_shutdown_s: int = field(
+        default_factory=lambda: _env_int("AE_GRACEFUL_SHUTDOWN_S", 10)
+    )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
     api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"))

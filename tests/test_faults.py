@@ -420,7 +420,9 @@ async def test_sigterm_hands_in_flight_work_to_another_worker(
     """SIGTERM a worker with work in flight, a second of its kind is up: the run completes,
     the interrupted worker exits within its graceful window, nothing is left behind."""
     async with stack(services, f"sigterm-{role}") as s:
-        first = {r: s.worker(r) for r in ROLES}
+        # A 1 s graceful window, so the lift in flight cannot finish inside it and must
+        # be handed over (with the default 10 s, a fast machine may finish it first).
+        first = {r: s.worker(r, AE_GRACEFUL_SHUTDOWN_S="1") for r in ROLES}
         binary = slow_binary if role == "cpu" else medium_binary
         sha256 = await submit(s.api, variant(binary, f"sigterm-{role}"), f"sigterm-{role}")
         if role == "gpu":  # the embed activity is running on the first gpu worker

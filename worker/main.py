@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -39,6 +42,9 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
     """The workers for the given roles, sharing one blob store and database handle."""
     deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir))
     workers = []
+    # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
+    # and retried on another worker of their kind.
+    grace = timedelta(seconds=settings.graceful_shutdown_s)
     if "orchestration" in roles:
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
@@ -49,7 +55,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 workflows=[AnalyzeSample, ReanalyzeAll],
                 activities=[persist.persist_results, persist.record_status,
                             explain.explain_results, catalog.samples_to_reanalyze],
-                graceful_shutdown_timeout=timedelta(seconds=10),
+                graceful_shutdown_timeout=grace,
             )
         )
     if "cpu" in roles:
@@ -60,7 +66,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 activities=[unpack.unpack_sample, lift.lift_binary],
                 # Each lift is one angr child process: as many at once as there are slots.
                 max_concurrent_activities=settings.cpu_slots,
-                graceful_shutdown_timeout=timedelta(seconds=10),
+                graceful_shutdown_timeout=grace,
             )
         )
     if "gpu" in roles:
@@ -70,7 +76,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 client, task_queue=settings.gpu_queue, activities=[embed.embed_compare],
                 max_concurrent_activities=1,
                 activity_executor=ThreadPoolExecutor(max_workers=2),
-                graceful_shutdown_timeout=timedelta(seconds=10),
+                graceful_shutdown_timeout=grace,
             )
         )
     return workers
@@ -89,7 +95,9 @@ async def run(roles: list[str]) -> None:
         for worker in workers:  # each exits with a graceful shutdown of in-flight work
             await stack.enter_async_context(worker)
         await stop.wait()
-        log.info("shutting down: finishing in-flight work for up to 10 s")
+        log.info("shutting down: finishing in-flight work for up to %s s",
+                 settings.graceful_shutdown_s)
+    log.info("workers stopped")
 
 
 def main() -> None:
@@ -98,8 +106,16 @@ def main() -> None:
                         help="which task queues to serve (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
     roles = list(ROLES) if args.role == "all" else [args.role]
     asyncio.run(run(roles))
+    # Every worker has shut down. The Temporal core's native threads can still touch the
+    # interpreter while it finalizes (seen here: SIGSEGV / "PyGILState_Release ...
+    # finalizing" after a clean shutdown), so leave without finalizing.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
