@@ -44,8 +44,18 @@ class Embed:
         results["device"] = engine.device
         report = blobs.read_json(request.unpack_report_sha256)
         if report.get("skipped"):
-            results["skipped"] = {
-                entry.get("name", f"entry {i}"): {k: str(v) for k, v in entry.items()}
-                for i, entry in enumerate(report["skipped"][:200])
-            }
+            results["skipped"] = _skipped_by_name(report["skipped"])
         return results
+
+
+def _skipped_by_name(entries: list[dict[str, str]], limit: int = 200) -> dict[str, dict[str, str]]:
+    """One entry per archive member; several reasons for one member are joined."""
+    skipped: dict[str, dict[str, str]] = {}
+    for entry in entries[:limit]:
+        name = str(entry.get("name", ""))
+        reason = str(entry.get("reason", "skipped"))
+        if name in skipped:
+            skipped[name]["reason"] += f"; {reason}"
+        else:
+            skipped[name] = {"name": name, "reason": reason}
+    return skipped

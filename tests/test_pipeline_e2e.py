@@ -8,6 +8,7 @@ import os
 import re
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -196,3 +197,27 @@ async def test_concurrent_submissions_of_one_new_file_start_one_run(
         w async for w in client.list_workflows(f"WorkflowId = '{workflow_id(MODEL_NAME, sha256)}'")
     ]
     assert [w.run_id for w in runs] == [rows[0]["celery_task_id"]]
+
+
+async def test_every_executable_in_an_archive_is_analysed_and_listed(
+    api: httpx.AsyncClient, zlib_binary: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.write(zlib_binary, "bin/zpack")
+        bundle.write("/bin/true", "bin/true")
+        bundle.writestr("README.txt", "not a program\n")
+        bundle.writestr("../../etc/evil", b"\x7fELF" + b"\0" * 8)
+    sha256 = await submit(api, archive, "bundle.zip")
+    status = await wait_for_final(api, sha256)
+    assert status["status"][MODEL_NAME] == "SUCCESS", status
+    results = (await api.get(f"/predictions/{sha256}/{MODEL_NAME}/results")).json()[
+        "prediction_results"]
+    names = {child["name"] for child in results["children"].values()}
+    assert names == {"bundle.zip/bin/zpack", "bundle.zip/bin/true"}
+    assert hashlib.sha256(zlib_binary.read_bytes()).hexdigest() in results["children"]
+    assert results["verdict"] == "zlib"  # the zlib code in one child decides the sample
+    reasons = {name: info["reason"] for name, info in results["skipped"].items()}
+    assert any("README.txt" in name and "not an executable" in reason
+               for name, reason in reasons.items()), reasons
+    assert any("traversal" in reason for reason in reasons.values()), reasons
