@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--loss", choices=("infonce", "ntxent"), default="infonce",
+                        help="ntxent also uses same-side items as negatives")
+    parser.add_argument("--config-batches", type=float, default=0.0,
+                        help="share of steps whose left/right sides each come from one build")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
+    out = Path(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -70,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     for i, fn in enumerate(train):
         groups[fn.identity].append(i)
     identities = [k for k, v in groups.items() if len(v) >= 2]
+    by_build: dict[str, dict[str, int]] = defaultdict(dict)
+    for i, fn in enumerate(train):
+        by_build[fn.build][fn.identity] = i
+    build_names = sorted(by_build)
     by_project: dict[str, list[str]] = defaultdict(list)
     for k in identities:
         by_project[k.split(":", 1)[0]].append(k)
@@ -83,27 +93,41 @@ def main(argv: list[str] | None = None) -> None:
     budget = args.minutes * 60
     start = time.time()
     best, best_step, step, log = -1.0, 0, 0, []
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        projects = [p for p in by_project if len(by_project[p]) >= args.batch]
-        if projects and rng.random() < 0.5:
-            chosen = rng.sample(by_project[rng.choice(projects)], args.batch)
-        else:
-            chosen = rng.sample(identities, min(args.batch, len(identities)))
         left, right = [], []
-        for k in chosen:
-            a, b = rng.sample(groups[k], 2)
-            left.append(train[a].data)
-            right.append(train[b].data)
+        if rng.random() < args.config_batches:
+            # one build per side: same-side negatives share the query's configuration
+            b1, b2 = rng.sample(build_names, 2)
+            common = sorted(set(by_build[b1]) & set(by_build[b2]))
+            for k in rng.sample(common, min(args.batch, len(common))):
+                left.append(train[by_build[b1][k]].data)
+                right.append(train[by_build[b2][k]].data)
+        else:
+            projects = [p for p in by_project if len(by_project[p]) >= args.batch]
+            if projects and rng.random() < 0.5:
+                chosen = rng.sample(by_project[rng.choice(projects)], args.batch)
+            else:
+                chosen = rng.sample(identities, min(args.batch, len(identities)))
+            for k in chosen:
+                a, b = rng.sample(groups[k], 2)
+                left.append(train[a].data)
+                right.append(train[b].data)
+        n = len(left)
         emb = model(collate(left + right))
-        za, zb = emb[: len(chosen)], emb[len(chosen):]
-        logits = za @ zb.T / args.temperature
-        target = torch.arange(len(chosen))
-        loss = (torch.nn.functional.cross_entropy(logits, target)
-                + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        if args.loss == "ntxent":  # 2n x 2n, self-similarity masked out
+            logits = emb @ emb.T / args.temperature
+            logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+            loss = torch.nn.functional.cross_entropy(logits, target)
+        else:
+            logits = emb[:n] @ emb[n:].T / args.temperature
+            target = torch.arange(n)
+            loss = (torch.nn.functional.cross_entropy(logits, target)
+                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -116,11 +140,11 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(log[-1]), flush=True)
             if recall > best:
                 best, best_step = recall, step
-                save(model, str(OUT / "model.pt"))
+                save(model, str(out / "model.pt"))
     recall = val_recall(model, val, val_queries)
     if recall > best:
         best, best_step = recall, step
-        save(model, str(OUT / "model.pt"))
+        save(model, str(out / "model.pt"))
     summary = {
         "steps": step, "train_seconds": round(time.time() - start),
         "best_step": best_step, "best_val_xm_recall1": best,
@@ -128,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         "val_functions": len(val), "parameters": n_parameters(model), "args": vars(args),
         "log": log,
     }
-    (OUT / "train_log.json").write_text(json.dumps(summary, indent=1))
+    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}), flush=True)
 
 
