@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_NAME = "FESTIVE Func Sim"
-DEFAULT_ENGINE = "v0"
+DEFAULT_ENGINE = "v1"  # the trained GNN; "v0" (TF-IDF baseline) stays loadable by name
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MAX_MATCHES = 500
 
@@ -201,6 +201,10 @@ class Engine:
 
 @cache
 def _load(version: str) -> Engine:
+    if version == "v1":
+        from festive.v1.engine import EngineV1  # torch + v1 weights, only when used
+
+        return EngineV1(version)
     return Engine(version)
 
 
