@@ -145,7 +145,7 @@ def test_features_non_empty_and_normalised(own_lifts: dict[str, dict]) -> None:
 
 
 def test_vectors_are_l2_normalised_and_twins_rank_first(own_lifts: dict[str, dict]) -> None:
-    vectoriser = load_engine().index.vectoriser
+    vectoriser = load_engine("v0").index.vectoriser
     o0, o2 = _by_name(own_lifts["-O0"]), _by_name(own_lifts["-O2"])
     a = vectoriser.vectors([o0[n] for n in OWN_FUNCTIONS]).to_dense()
     b = vectoriser.vectors([o2[n] for n in OWN_FUNCTIONS]).to_dense()
@@ -162,8 +162,9 @@ def test_vectors_are_l2_normalised_and_twins_rank_first(own_lifts: dict[str, dic
 
 
 def test_model_card_is_cheap_and_consistent() -> None:
-    card = model_card()
-    assert card["name"] == MODEL_NAME and card["default_engine"] == "v0"
+    card = model_card("v0")
+    assert card["name"] == MODEL_NAME and card["engine"] == "v0"
+    assert card["default_engine"] == "v1"  # v0 is the named baseline
     assert "zlib" in card["reference_families"] and card["reference_functions"] > 1000
     assert re.fullmatch(r"[0-9a-f]{64}", card["weights_sha256"])
 
@@ -181,7 +182,7 @@ def _assert_all_string_leaves(value: object) -> None:
 def test_static_zlib_program_is_attributed_to_zlib(tmp_path: Path) -> None:
     binary = _compile(tmp_path, "zprog", ZLIB_PROGRAM, "-O2", (str(LIBZ_A),))
     child = {"sha256": "ab" * 32, "name": "zprog", "lift": lift_binary(str(binary))}
-    result = load_engine().attribute([child])
+    result = load_engine("v0").attribute([child])
     _assert_all_string_leaves(result)
     assert result["model"] == MODEL_NAME and result["engine"] == "v0"
     assert result["verdict"] == "zlib", result["families"]
@@ -202,7 +203,7 @@ def test_code_from_no_reference_family_is_unknown(own_lifts: dict[str, dict]) ->
     gzip_bin = shutil.which("gzip")
     if gzip_bin:  # GNU gzip: its own deflate, not zlib; must not be called zlib
         children.append({"sha256": "ef" * 32, "name": "gzip", "lift": lift_binary(gzip_bin)})
-    result = load_engine().attribute(children)
+    result = load_engine("v0").attribute(children)
     _assert_all_string_leaves(result)
     assert result["verdict"] == "unknown", result["families"]
     assert result["confidence"] == "0.0000"
