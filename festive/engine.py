@@ -65,14 +65,18 @@ class Engine:
     def __init__(self, version: str = DEFAULT_ENGINE):
         from festive.v0 import ReferenceIndex, Searcher
 
+        self._load_card(version)
+        self.index = ReferenceIndex.load(WEIGHTS_DIR / version / self.card["index_file"])
+        self.searcher = Searcher(self.index)
+        self.device = self.searcher.device
+
+    def _load_card(self, version: str) -> None:
+        """Name, version and calibrated thresholds from the engine's card.json."""
         card = _read_card(version)
         self.name = MODEL_NAME
         self.engine = version
         self.version = card["version"]
         self.card = card
-        self.index = ReferenceIndex.load(WEIGHTS_DIR / version / card["index_file"])
-        self.searcher = Searcher(self.index)
-        self.device = self.searcher.device
         t = card["thresholds"]
         self.min_blocks = int(t["min_blocks"])
         self.match_similarity = float(t["match_similarity"])

@@ -8,7 +8,7 @@ embeddings, so v0's Searcher does the (CUDA when present) matrix-product search.
 
 from __future__ import annotations
 
-from festive.engine import MODEL_NAME, WEIGHTS_DIR, Engine, _read_card
+from festive.engine import WEIGHTS_DIR, Engine
 
 ENGINE_NAME = "v1"
 
@@ -21,20 +21,8 @@ class EngineV1(Engine):
         from festive.v1.embed import Embedder
         from festive.v1.index import load_index
 
-        card = _read_card(version)
-        self.name = MODEL_NAME
-        self.engine = version
-        self.version = card["version"]
-        self.card = card
-        self.embedder = Embedder(WEIGHTS_DIR / version / card["weights_file"])
-        self.index = load_index(WEIGHTS_DIR / version / card["index_file"], self.embedder)
+        self._load_card(version)
+        self.embedder = Embedder(WEIGHTS_DIR / version / self.card["weights_file"])
+        self.index = load_index(WEIGHTS_DIR / version / self.card["index_file"], self.embedder)
         self.searcher = Searcher(self.index)
         self.device = self.searcher.device
-        t = card["thresholds"]
-        self.min_blocks = int(t["min_blocks"])
-        self.match_similarity = float(t["match_similarity"])
-        self.match_by_blocks = [(int(lo), float(sim)) for lo, sim in
-                                t.get("match_similarity_by_blocks", [[0, self.match_similarity]])]
-        self.min_family_matches = int(t["min_family_matches"])
-        self.min_family_share = float(t.get("min_family_share", 0.0))
-        self.precision_table = [(float(lo), float(p)) for lo, p in card["precision_table"]]
