@@ -42,15 +42,21 @@ def download(cache: Path, pkg: Package, arch: str) -> Path:
     return target
 
 
-def extract_shared_objects(cache: Path, deb: Path, pkg: Package, arch: str) -> list[Path]:
-    """Unpack the .deb and return its real (non-symlink) ELF shared objects."""
-    root = cache / "extract" / f"{pkg.name}_{arch}"
+def extract_deb(cache: Path, deb: Path, name: str, arch: str) -> Path:
+    """Unpack a .deb once into the cache (atomically, via a temporary folder)."""
+    root = cache / "extract" / f"{name}_{arch}"
     if not root.exists():
         tmp = root.with_name(root.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True, timeout=120)
         tmp.rename(root)
+    return root
+
+
+def extract_shared_objects(cache: Path, deb: Path, pkg: Package, arch: str) -> list[Path]:
+    """Unpack the .deb and return its real (non-symlink) ELF shared objects."""
+    root = extract_deb(cache, deb, pkg.name, arch)
     found = []
     for path in sorted(root.rglob("*.so*")):
         if path.is_symlink() or not path.is_file():

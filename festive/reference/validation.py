@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from festive.reference.fetch import FetchError, download
+from festive.reference.fetch import FetchError, download, extract_deb
 from festive.reference.packages import PACKAGES, Package
 
 # Family -> (-dev package, archive file name). Versions are the library's (same source).
@@ -55,13 +55,7 @@ class ValidationBuild:
 def _link(cache: Path, pkg: Package, arch: str, archive_name: str) -> tuple[Path, Path]:
     dev = Package(pkg.family, DEV_PACKAGES[pkg.family][0], pkg.version)
     deb = download(cache, dev, arch)
-    root = cache / "extract" / f"{dev.name}_{arch}"
-    if not root.exists():
-        tmp = root.with_name(root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True, timeout=120)
-        tmp.rename(root)
+    root = extract_deb(cache, deb, dev.name, arch)
     archives = [p for p in root.rglob(archive_name) if p.is_file()]
     if not archives:
         raise FetchError(f"{dev.name}:{arch} has no {archive_name}")
