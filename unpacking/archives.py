@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import py7zr
 import py7zr.exceptions
@@ -173,12 +173,7 @@ class Metered(io.RawIOBase):
 
     def peek_head(self, size: int = SNIFF_BYTES) -> bytes:
         """Read up to `size` bytes and push them back so the next read sees them again."""
-        head = b""
-        while len(head) < size:
-            data = self.read(size - len(head))
-            if not data:
-                break
-            head += data
+        head = read_up_to(self, size)
         self.prefix = head + self.prefix
         return head
 
@@ -269,6 +264,17 @@ def describe(head: bytes) -> str:
     if text is not None and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text):
         return "ASCII text" if text.isascii() else "UTF-8 text"
     return "unrecognised binary data"
+
+
+def read_up_to(stream: Any, size: int) -> bytes:
+    """Up to `size` bytes; short reads from decompressors are repeated until EOF."""
+    head = b""
+    while len(head) < size:
+        data = stream.read(size - len(head))
+        if not data:
+            break
+        head += data
+    return head
 
 
 # --- readers -------------------------------------------------------------------------------

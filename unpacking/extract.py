@@ -30,6 +30,7 @@ from unpacking.archives import (
     detect_archive,
     is_traversal,
     read_archive,
+    read_up_to,
     sanitize_name,
 )
 from unpacking.formats import BadSample, check_executable, detect_executable
@@ -177,7 +178,7 @@ class _Unpacker:
             return
         if member.stream is None:  # a directory
             return
-        head = _read_head(member.stream, HEAD)
+        head = read_up_to(member.stream, HEAD)
         kind = detect_executable(head)
         archive = None if kind else detect_archive(head)
         if kind is None and archive is None:
@@ -243,16 +244,6 @@ class _Unpacker:
 
     def _skip(self, name: str, reason: str) -> None:
         self.report.skipped.append({"name": name, "reason": reason})
-
-
-def _read_head(stream: BinaryIO, size: int) -> bytes:
-    head = b""
-    while len(head) < size:
-        data = stream.read(size - len(head))
-        if not data:
-            break
-        head += data
-    return head
 
 
 def _default_member_name(archive_label: str) -> str:
