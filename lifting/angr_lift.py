@@ -7,8 +7,11 @@ blob store and be read without angr.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 LIFT_FORMAT = "ae-lift/2"  # /2: referenced strings are filled in
@@ -23,6 +26,21 @@ RUNTIME_FUNCTIONS = frozenset(
         "call_weak_fn", "__cxa_finalize", "_dl_relocate_static_pie", "__stack_chk_fail_local",
     }
 )
+
+
+def is_current_lift(path: Path) -> bool:
+    """A cached lift (gzip JSON, "format" written first) made by this lifter version?
+
+    Reads only the head of the file: caches of older formats are lifted again rather
+    than trusted (ae-lift/1 had no strings, so a model fed them would train without).
+    """
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            head = handle.read(200)
+    except (OSError, EOFError):
+        return False
+    found = re.match(r'\{\s*"format"\s*:\s*"([^"]+)"', head)
+    return found is not None and found.group(1) == LIFT_FORMAT
 
 
 class UnsupportedBinary(Exception):

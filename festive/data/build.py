@@ -89,6 +89,8 @@ def build_one(project: Project, tree: Path, compiler: str, arch: str, opt: str) 
     link = [*cc, "-shared", "-g", "-o", str(debug), *objects, "-lm"]
     if compiler == "clang":
         link.insert(2, "-fuse-ld=lld")
+        if arch == "mipsel":  # libgcc's 64-bit division helpers are not PIC on mipsel
+            link.insert(3, "-Wl,-z,notext")
     result = subprocess.run(link, capture_output=True, text=True)
     if result.returncode != 0:
         print(f"  link failed {project.name} {out.name}: {result.stderr[-300:]}", file=sys.stderr)
@@ -162,12 +164,12 @@ def annotate(lifted: dict[str, Any], build: Path) -> None:
 
 def lift_one(build_dir: str) -> tuple[str, int, float]:
     """Lift the stripped copy, attach names from the debug copy; returns (out, n, seconds)."""
-    from lifting.angr_lift import lift_binary
+    from lifting.angr_lift import is_current_lift, lift_binary
 
     build = Path(build_dir)
     project, config = build.parent.name, build.name
     target = LIFTED / project / f"{config}.json.gz"
-    if target.exists():
+    if is_current_lift(target):
         return str(target), -1, 0.0
     start = time.time()
     lifted = lift_binary(str(build / "lib.stripped.so"))

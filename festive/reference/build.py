@@ -20,6 +20,7 @@ from pathlib import Path
 
 from festive.reference.fetch import FetchError, download, extract_shared_objects, sha256_file
 from festive.reference.packages import ARCHITECTURES, PACKAGES, Package
+from lifting.angr_lift import is_current_lift
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / "data" / "reference-cache"
@@ -77,7 +78,7 @@ def fetch_and_lift(cache: Path, archs: list[str], families: list[str] | None,
                 lib = {"file": so.name, "sha256": sha256_file(so),
                        "lift": str(out.relative_to(cache))}
                 rec["libraries"].append(lib)
-                if out.exists():
+                if is_current_lift(out):
                     lib["cached"] = True
                     continue
                 try:

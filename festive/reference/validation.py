@@ -22,6 +22,7 @@ from typing import Any
 
 from festive.reference.fetch import FetchError, download, extract_deb
 from festive.reference.packages import PACKAGES, Package
+from lifting.angr_lift import is_current_lift
 
 # Family -> (-dev package, archive file name). Versions are the library's (same source).
 DEV_PACKAGES: dict[str, tuple[str, str]] = {
@@ -97,7 +98,7 @@ def prepare(cache: Path, lift: Any, timeout: int,
             try:
                 elf, _names = _link(cache, pkg, arch, archive)
                 out = elf.with_name(archive + ".json.gz")
-                if not out.exists():
+                if not is_current_lift(out):
                     summary = lift(elf, out, timeout)
                     rec.update(summary)
                     print(f"[valid] {pkg.family:8s} {arch:6s} {archive:20s} "
