@@ -15,9 +15,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +98,39 @@ def filtered_functions(lift: dict[str, Any]) -> list[dict[str, Any]]:
     return kept
 
 
+def _load_file(path: Path, derive: Callable[[dict[str, Any], dict[str, Any]], Any],
+               exclude_labels: set[str] | None,
+               builds: Callable[[dict[str, str]], bool] | None) -> list[Fn]:
+    lift = read_lift(path)
+    meta = lift["build"]
+    if builds is not None and not builds(meta):
+        return []
+    out = []
+    for func in filtered_functions(lift):
+        if exclude_labels and func["label"] in exclude_labels:
+            continue
+        out.append(Fn(meta["project"], meta["compiler"], meta["arch"], meta["opt"],
+                      func["label"], func["addr"], len(func["blocks"]), derive(func, lift)))
+    return out
+
+
 def load(projects: list[str], derive: Callable[[dict[str, Any], dict[str, Any]], Any],
          exclude_labels: set[str] | None = None,
-         builds: Callable[[dict[str, str]], bool] | None = None) -> list[Fn]:
-    """All filtered functions of these projects; derive(func, lift) -> Fn.data."""
-    out: list[Fn] = []
-    for path in lifted_files(projects):
-        lift = read_lift(path)
-        meta = lift["build"]
-        if builds is not None and not builds(meta):
-            continue
-        for func in filtered_functions(lift):
-            if exclude_labels and func["label"] in exclude_labels:
-                continue
-            out.append(Fn(meta["project"], meta["compiler"], meta["arch"], meta["opt"],
-                          func["label"], func["addr"], len(func["blocks"]), derive(func, lift)))
-    return out
+         builds: Callable[[dict[str, str]], bool] | None = None,
+         workers: int = 1) -> list[Fn]:
+    """All filtered functions of these projects; derive(func, lift) -> Fn.data.
+
+    workers > 1 reads lifted files in that many processes (derive and builds must then
+    be module-level functions); the order of the result does not depend on it.
+    """
+    paths = list(lifted_files(projects))
+    job = partial(_load_file, derive=derive, exclude_labels=exclude_labels, builds=builds)
+    if workers <= 1:
+        parts = [job(path) for path in paths]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(job, paths, chunksize=1)
+    return [fn for part in parts for fn in part]
 
 
 def labels_of(projects: list[str]) -> set[str]:

@@ -95,12 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-search-queries", type=int, default=200,
                         help="search queries for the pure-Python fuzzy hashes (ssdeep, tlsh)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="processes reading the lifts")
     parser.add_argument("--out", default=str(ROOT / "bench" / "festive_eval"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     projects = split_projects("test")
-    fns = load(projects, derive)
+    fns = load(projects, derive, workers=args.workers)
     load_seconds = time.time() - t0
     builds = sorted({f.build for f in fns})
     print(f"{len(fns)} test functions, {len(builds)} builds, loaded in {load_seconds:.0f}s",
