@@ -84,6 +84,8 @@ class Engine:
                                 t.get("match_similarity_by_blocks", [[0, self.match_similarity]])]
         self.min_family_matches = int(t["min_family_matches"])
         self.min_family_share = float(t.get("min_family_share", 0.0))
+        trials = t.get("verdict_trials")  # absent in cards calibrated before the cap
+        self.max_confidence = 1.0 - 1.0 / (int(trials) + 2) if trials else 1.0
         self.precision_table = [(float(lo), float(p)) for lo, p in card["precision_table"]]
 
     def match_precision(self, similarity: float) -> float:
@@ -148,10 +150,12 @@ class Engine:
         for fam, fam_hits in per_family.items():
             sims = [h.similarity for h in fam_hits]
             # Noisy-OR of calibrated per-match precisions: P(at least one match is right).
+            # Matches of one sample are not independent, so it is capped at what the
+            # calibration's held-out experiments could show (Laplace: 1 - 1/(n + 2)).
             miss = 1.0
             for s in sims:
                 miss *= 1.0 - self.match_precision(s)
-            confidence = 1.0 - miss
+            confidence = min(1.0 - miss, self.max_confidence)
             archs = sorted({idx.build_arch[int(idx.row_build[h.row])] for h in fam_hits})
             families[idx.families[fam]] = {
                 "functions_matched": str(len(fam_hits)),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lifting.angr_lift import LIFT_FORMAT, lift_binary
+from lifting.angr_lift import LIFT_FORMAT, is_current_lift, lift_binary
 from lifting.child import EXIT_OK, EXIT_UNSUPPORTED
 
 SOURCE = r"""
@@ -108,3 +110,18 @@ def test_referenced_strings_are_recorded(tmp_path: Path) -> None:
     assert "attribution-engine-marker" in main["strings"]
     assert "second-marker" in main["strings"]
     assert len(main["strings"]) == len(set(main["strings"]))
+
+
+def test_only_lifts_of_the_current_format_count_as_cached(tmp_path: Path) -> None:
+    lifted = lift_binary("/bin/true", max_functions=3)
+    current, older, broken = (tmp_path / f"{n}.json.gz" for n in ("current", "older", "broken"))
+    with gzip.open(current, "wt") as handle:
+        json.dump(lifted, handle)
+    with gzip.open(older, "wt") as handle:
+        json.dump({**lifted, "format": "ae-lift/1"}, handle)
+    broken.write_bytes(b"not gzip at all")
+    assert is_current_lift(current)
+    assert not is_current_lift(older)
+    assert not is_current_lift(broken)
+    assert not is_current_lift(tmp_path / "missing.json.gz")
+

@@ -113,12 +113,17 @@ def _static_holdout(searcher: Searcher, index: ReferenceIndex, holdout: dict[str
 
 
 def evaluate(index: ReferenceIndex, max_fpr: float = 0.01,
-             holdout: dict[str, Any] | None = None) -> dict[str, Any]:
+             holdout: dict[str, Any] | None = None,
+             trained_families: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Run the experiments; return thresholds, precision table and metrics (JSON-able).
 
     `holdout` (validation.py): statically linked builds of the same libraries, queried
     against the full index. When present it is the in-corpus side of the precision
     table (it looks like a real sample); otherwise leave-one-build-out is.
+    `trained_families`: families a trained model has seen. A model separates code it
+    was trained on better than new code, so their leave-one-family-out queries would
+    set thresholds too low for a real unknown sample: only the other families' are used
+    for the thresholds, the verdict gate and the out-of-corpus side of the precision table.
     """
     searcher = Searcher(index, device="cpu")
     fam, build = index.row_family, index.row_build
@@ -138,7 +143,8 @@ def evaluate(index: ReferenceIndex, max_fpr: float = 0.01,
     in_blocks = index.row_blocks[in_rows]
 
     # Leave one family out: every hit is a false match.
-    out_rows, out_hits = _run(searcher, index, [fam == f for f in range(n_fam)])
+    unseen = [f for f in range(n_fam) if index.families[f] not in trained_families]
+    out_rows, out_hits = _run(searcher, index, [fam == f for f in unseen])
     out_sims = np.array([h.similarity for h in out_hits])
     out_blocks = index.row_blocks[out_rows]
 
@@ -199,6 +205,9 @@ def evaluate(index: ReferenceIndex, max_fpr: float = 0.01,
             "min_family_matches": max(2, floor_count + 1),
             "min_family_share": round(share, 4),
             "max_out_of_corpus_match_rate": max_fpr,
+            # held-out (family, build) experiments behind the verdict gate: a verdict's
+            # confidence is capped at 1 - 1/(n + 2) (no more certain than measured)
+            "verdict_trials": int(len(np.unique(build[out_rows]))),
         },
         "precision_table": precision_table,
         "evaluation": {
@@ -214,6 +223,7 @@ def evaluate(index: ReferenceIndex, max_fpr: float = 0.01,
             },
             "static_link_holdout": static,
             "leave_one_family_out": {
+                "families": [index.families[f] for f in unseen],
                 "queries": len(out_sims),
                 "median_similarity": round(float(np.median(out_sims)), 4),
                 "p99_similarity": round(float(np.quantile(out_sims, 0.99)), 4),
