@@ -149,6 +149,27 @@ def test_rank_stats_hand_made() -> None:
     assert rank_stats(0.0, np.arange(1, 11, dtype=float)) == (0.0, 0.0)
 
 
+def test_contrastive_loss_is_symmetric_infonce_for_two_views() -> None:
+    import torch
+
+    from festive.v1.train import contrastive_loss
+
+    torch.manual_seed(0)
+    n = 6
+    left = torch.nn.functional.normalize(torch.randn(n, 8), dim=1)
+    right = torch.nn.functional.normalize(torch.randn(n, 8), dim=1)
+    logits = left @ right.T / 0.1
+    target = torch.arange(n)
+    expected = (torch.nn.functional.cross_entropy(logits, target)
+                + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+    interleaved = torch.stack([left, right], dim=1).reshape(2 * n, 8)
+    labels = torch.arange(n).repeat_interleave(2)
+    assert torch.isclose(contrastive_loss(interleaved, labels, 0.1, "infonce"), expected)
+    # a perfect embedding (each pair identical, pairs orthogonal) has a loss near zero
+    perfect = torch.eye(n).repeat_interleave(2, dim=0)
+    assert contrastive_loss(perfect, labels, 0.05, "infonce") < 1e-6
+
+
 def test_auc_hand_made() -> None:
     assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     assert auc(np.array([0.1]), np.array([0.9])) == 0.0

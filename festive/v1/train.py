@@ -23,17 +23,31 @@ import numpy as np
 import torch
 
 from festive.data.corpus import Fn, labels_of, load, split_projects
+from festive.data.corpus_b import load_corpus_b
 from festive.eval.metrics import rank_stats
 from festive.eval.tasks import make_queries
 from festive.v1.embed import Embedder
-from festive.v1.graph import to_graph
-from festive.v1.model import FestiveGNN, ModelConfig, collate, n_parameters, save
+from festive.v1.graph import FunctionGraph, to_graph
+from festive.v1.model import Batch, FestiveGNN, ModelConfig, collate, n_parameters, save
 
 OUT = Path(__file__).resolve().parents[1] / "weights" / "v1"
 
 
-def load_graphs(split: str, exclude: set[str] | None) -> list[Fn]:
-    return load(split_projects(split), lambda func, _lift: to_graph(func), exclude_labels=exclude)
+def graph_of(func: dict, _lift: dict) -> FunctionGraph:
+    return to_graph(func)
+
+
+def load_graphs(split: str, exclude: set[str] | None, workers: int) -> list[Fn]:
+    return load(split_projects(split), graph_of, exclude_labels=exclude, workers=workers)
+
+
+def drop_tokens(batch: Batch, rate: float) -> Batch:
+    """Augmentation: zero a random share of block and function token weights."""
+    if rate <= 0:
+        return batch
+    batch.tok_w = batch.tok_w * (torch.rand_like(batch.tok_w) >= rate)
+    batch.ftok_w = batch.ftok_w * (torch.rand_like(batch.ftok_w) >= rate)
+    return batch
 
 
 def val_recall(model: FestiveGNN, fns: list[Fn], queries: list) -> float:
@@ -46,6 +60,61 @@ def val_recall(model: FestiveGNN, fns: list[Fn], queries: list) -> float:
         scores = emb[cands] @ emb[q.query]
         hits.append(rank_stats(scores[0], scores[1:])[0])
     return float(np.mean(hits))
+
+
+def sample_batch(args: argparse.Namespace, rng: random.Random, train: list[Fn],
+                 groups: dict[str, list[int]], identities: list[str],
+                 by_project: dict[str, list[str]], by_build: dict[str, dict[str, int]],
+                 build_names: list[str]) -> tuple[list[FunctionGraph], list[int]]:
+    """`batch` identities with `views` builds each; labels say which graphs are one function.
+
+    Half the batches come from one project (harder negatives: same code base, same
+    style); with --config-batches, a share of them pairs two whole builds instead.
+    """
+    if rng.random() < args.config_batches:
+        b1, b2 = rng.sample(build_names, 2)
+        common = sorted(set(by_build[b1]) & set(by_build[b2]))
+        chosen = rng.sample(common, min(args.batch, len(common)))
+        picks = [[by_build[b1][k], by_build[b2][k]] for k in chosen]
+    else:
+        projects = [p for p in by_project if len(by_project[p]) >= args.batch]
+        if projects and rng.random() < 0.5:
+            chosen = rng.sample(by_project[rng.choice(projects)], args.batch)
+        else:
+            chosen = rng.sample(identities, min(args.batch, len(identities)))
+        picks = [rng.sample(groups[k], min(args.views, len(groups[k]))) for k in chosen]
+    graphs = [train[i].data for members in picks for i in members]
+    labels = [k for k, members in enumerate(picks) for _ in members]
+    return graphs, labels
+
+
+def contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     kind: str) -> torch.Tensor:
+    """InfoNCE over graphs that share a label (supervised contrastive with >2 views).
+
+    "infonce" scores each graph only against the other views' graphs; "ntxent" also
+    uses same-view graphs as negatives. With two views per identity both reduce to
+    the usual symmetric forms.
+    """
+    logits = emb @ emb.T / temperature
+    same = labels[:, None] == labels[None, :]
+    self_mask = torch.eye(len(labels), dtype=torch.bool)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    positive = same & ~self_mask
+    if kind == "infonce":  # drop negatives drawn in the anchor's own view slot
+        view = torch.zeros_like(labels)
+        for k in range(1, len(labels)):
+            view[k] = view[k - 1] + 1 if labels[k] == labels[k - 1] else 0
+        logits = logits.masked_fill((view[:, None] == view[None, :]) & ~same, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    has_pos = positive.any(dim=1)
+    per_anchor = (log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp(min=1))
+    return -per_anchor[has_pos].mean()
+
+
+def uniformity_loss(emb: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """log E exp(-t |x - y|^2) over pairs (Wang & Isola 2020): low when spread out."""
+    return torch.pdist(emb).pow(2).mul(-t).exp().mean().log()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,6 +130,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="ntxent also uses same-side items as negatives")
     parser.add_argument("--config-batches", type=float, default=0.0,
                         help="share of steps whose left/right sides each come from one build")
+    parser.add_argument("--corpus-b", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train on Debian's multiarch builds (festive.data.corpus_b)")
+    parser.add_argument("--views", type=int, default=2, help="builds per identity in a batch")
+    parser.add_argument("--token-dropout", type=float, default=0.0)
+    parser.add_argument("--uniformity", type=float, default=0.0,
+                        help="weight of the uniformity loss (spreads unrelated functions "
+                             "apart, so similarity thresholds mean something)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -70,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     test_labels = labels_of(split_projects("test"))
-    train = load_graphs("train", test_labels)
-    val = load_graphs("val", test_labels)
+    train = load_graphs("train", test_labels, args.threads)
+    if args.corpus_b:
+        train += load_corpus_b(graph_of, exclude_labels=test_labels)
+    val = load_graphs("val", test_labels, args.threads)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, fn in enumerate(train):
         groups[fn.identity].append(i)
@@ -98,36 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         frac = (time.time() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        left, right = [], []
-        if rng.random() < args.config_batches:
-            # one build per side: same-side negatives share the query's configuration
-            b1, b2 = rng.sample(build_names, 2)
-            common = sorted(set(by_build[b1]) & set(by_build[b2]))
-            for k in rng.sample(common, min(args.batch, len(common))):
-                left.append(train[by_build[b1][k]].data)
-                right.append(train[by_build[b2][k]].data)
-        else:
-            projects = [p for p in by_project if len(by_project[p]) >= args.batch]
-            if projects and rng.random() < 0.5:
-                chosen = rng.sample(by_project[rng.choice(projects)], args.batch)
-            else:
-                chosen = rng.sample(identities, min(args.batch, len(identities)))
-            for k in chosen:
-                a, b = rng.sample(groups[k], 2)
-                left.append(train[a].data)
-                right.append(train[b].data)
-        n = len(left)
-        emb = model(collate(left + right))
-        if args.loss == "ntxent":  # 2n x 2n, self-similarity masked out
-            logits = emb @ emb.T / args.temperature
-            logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
-            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-            loss = torch.nn.functional.cross_entropy(logits, target)
-        else:
-            logits = emb[:n] @ emb[n:].T / args.temperature
-            target = torch.arange(n)
-            loss = (torch.nn.functional.cross_entropy(logits, target)
-                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        graphs, labels = sample_batch(args, rng, train, groups, identities, by_project,
+                                      by_build, build_names)
+        emb = model(drop_tokens(collate(graphs), args.token_dropout))
+        loss = contrastive_loss(emb, torch.as_tensor(labels), args.temperature, args.loss)
+        if args.uniformity > 0:
+            loss = loss + args.uniformity * uniformity_loss(emb)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
