@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from festive.data.corpus_b import training_families
 from festive.reference.calibrate import evaluate
 from festive.reference.corpus import iter_builds, labelled_functions
+from festive.reference.index import collect_holdout
 from festive.reference.packages import PACKAGES
 from festive.v0 import Csr, ReferenceIndex
 from festive.v1.embed import WEIGHTS, Embedder
@@ -73,6 +75,13 @@ def load_index(path: Path, embedder: Embedder) -> ReferenceIndex:
                               z["row_build"], header["row_name"], z["row_blocks"], header["meta"])
 
 
+def trained_families(families: list[str]) -> list[str]:
+    """Reference families whose Debian builds were in the model's training data."""
+    log = WEIGHTS.parent / "train_log.json"
+    args = json.loads(log.read_text()).get("args", {}) if log.exists() else {}
+    return [f for f in training_families() if f in families] if args.get("corpus_b") else []
+
+
 def build(cache: Path, out: Path) -> dict[str, Any]:
     started = time.monotonic()
     embedder = Embedder(WEIGHTS)
@@ -99,7 +108,12 @@ def build(cache: Path, out: Path) -> dict[str, Any]:
                            families, builds, build_arch, np.asarray(row_family, np.int16),
                            np.asarray(row_build, np.int16), row_name,
                            np.asarray(row_blocks, np.int32), meta={"engine": "v1"})
-    calibration = evaluate(index)  # v0's calibration, run on v1 similarities
+    # v0's calibration, run on v1 similarities; thresholds and precisions come from
+    # families the model never trained on (a real unknown sample is new code too).
+    trained = trained_families(families)
+    unseen = [f for f in families if f not in trained]
+    holdout = collect_holdout(cache, unseen, index)
+    calibration = evaluate(index, holdout=holdout, trained_families=frozenset(trained))
     out.mkdir(parents=True, exist_ok=True)
     save_index(index, embeddings, out / INDEX_FILE)
     card_path = out / "card.json"
