@@ -53,7 +53,27 @@ def ranking(method: Method, queries: list, seed: int) -> dict[str, Any]:
         r1.append(a)
         mrr.append(b)
     return {"recall1": bootstrap_ci(np.asarray(r1), seed=seed),
-            "mrr10": bootstrap_ci(np.asarray(mrr), seed=seed), "queries": len(queries)}
+            "mrr10": bootstrap_ci(np.asarray(mrr), seed=seed), "queries": len(queries),
+            "_hits": r1}
+
+
+def differs(a: Fn, b: Fn) -> str:
+    """Which build dimensions differ between two functions, e.g. "arch+opt"."""
+    dims = [d for d in ("compiler", "arch", "opt") if getattr(a, d) != getattr(b, d)]
+    return "+".join(dims)
+
+
+def xm_breakdown(fns: list[Fn], queries: list, hits: dict[str, list[float]]
+                 ) -> dict[str, dict[str, Any]]:
+    """XM Recall@1 split by what differs between query and positive (no CIs: context)."""
+    kinds = [differs(fns[q.query], fns[q.positive]) for q in queries]
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kinds)):
+        sel = np.asarray([k == kind for k in kinds])
+        out[kind] = {"queries": int(sel.sum()),
+                     **{name: round(float(np.asarray(h)[sel].mean()), 3)
+                        for name, h in hits.items()}}
+    return out
 
 
 def search(method: Method, fns: list[Fn], queries: list, pool: np.ndarray,
@@ -124,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         for m in methods:
             results["tasks"][task][m.name] = ranking(m, queries, args.seed)
     xm = task_queries["XM"]
+    results["xm_by_difference"] = xm_breakdown(
+        fns, xm, {m: r.pop("_hits") for m, r in results["tasks"]["XM"].items()})
+    for task in TASKS:
+        for r in results["tasks"][task].values():
+            r.pop("_hits", None)
     for m in methods:
         t = time.time()
         n = args.slow_search_queries if m.name in ("ssdeep", "tlsh") else len(xm)
@@ -170,7 +195,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         mrr.append(f"| {name} | " + " | ".join(fmt(results["tasks"][t][name]["mrr10"])
                                                for t in TASKS) + " |")
     queries = ", ".join(f"{t}: {results['tasks'][t][names[0]]['queries']}" for t in TASKS)
-    path.write_text("\n".join(lines + mrr) + f"\n\nQueries per task: {queries}.\n")
+    split = ["", "XM Recall@1 by what differs between query and positive:", "",
+             "| differs | queries | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 2) + "|"]
+    for kind, row in results["xm_by_difference"].items():
+        split.append(f"| {kind} | {row['queries']} | "
+                     + " | ".join(f"{row[n]:.3f}" for n in names) + " |")
+    path.write_text("\n".join(lines + mrr) + f"\n\nQueries per task: {queries}.\n"
+                    + "\n".join(split) + "\n")
 
 
 if __name__ == "__main__":
