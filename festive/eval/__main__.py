@@ -44,6 +44,16 @@ def derive(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class OnlyConfigs:
+    """Build filter for `load` (a class so worker processes can unpickle it)."""
+
+    def __init__(self, configs: list[str]):
+        self.configs = frozenset(configs)
+
+    def __call__(self, meta: dict[str, str]) -> bool:
+        return f"{meta['compiler']}-{meta['arch']}-{meta['opt']}" in self.configs
+
+
 def ranking(method: Method, queries: list, seed: int) -> dict[str, Any]:
     r1, mrr = [], []
     for q in queries:
@@ -116,12 +126,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="search queries for the pure-Python fuzzy hashes (ssdeep, tlsh)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes reading the lifts")
+    parser.add_argument("--configs", help="only these builds (compiler-arch-opt, comma list)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "festive_eval"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     projects = split_projects("test")
-    fns = load(projects, derive, workers=args.workers)
+    only = OnlyConfigs(args.configs.split(",")) if args.configs else None
+    fns = load(projects, derive, builds=only, workers=args.workers)
     load_seconds = time.time() - t0
     builds = sorted({f.build for f in fns})
     print(f"{len(fns)} test functions, {len(builds)} builds, loaded in {load_seconds:.0f}s",
@@ -163,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         "identities": len({f.identity for f in fns}),
         "per_project": dict(Counter(f.project for f in fns)),
         "pool_size": int(len(pool)),
+        "configs_filter": args.configs,
         "seed": args.seed,
         "lift": lift_timing(projects),
         "embed_ms_per_function_cpu": embed_ms,
