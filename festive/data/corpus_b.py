@@ -34,17 +34,25 @@ def training_families() -> list[str]:
     return [p.family for p in PACKAGES if p.family not in held_out]
 
 
+def test_families() -> list[str]:
+    """Reference families that are Corpus A test projects (never trained on)."""
+    test = {p.name for p in PROJECTS if p.split == "test"}
+    return [p.family for p in PACKAGES if p.family in test]
+
+
 def load_corpus_b(derive: Callable[[dict[str, Any], dict[str, Any]], Any],
                   exclude_labels: set[str] | None = None,
-                  cache: Path = DEFAULT_CACHE) -> list[Fn]:
-    """Labelled functions of the training families; one name per build (first wins)."""
+                  cache: Path = DEFAULT_CACHE, families: list[str] | None = None) -> list[Fn]:
+    """Labelled functions of `families` (default: the training families); one function
+    per name and architecture (expat ships libexpat and libexpatw: first wins)."""
     out: list[Fn] = []
-    for build in iter_builds(cache, families=training_families()):
-        seen: set[str] = set()
+    seen: set[tuple[str, str, str]] = set()
+    for build in iter_builds(cache, families=families or training_families()):
         for name, func in labelled_functions(build):
-            if name in seen or (exclude_labels and name in exclude_labels):
+            key = (build.family, build.arch, name)
+            if key in seen or (exclude_labels and name in exclude_labels):
                 continue
-            seen.add(name)
+            seen.add(key)
             project = PROJECT_OF_FAMILY.get(build.family, build.family)
             out.append(Fn(project, COMPILER, ARCH_NAMES[build.arch], OPT, name,
                           func["addr"], len(func["blocks"]), derive(func, build.lift)))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from festive.data.corpus import Fn, lifted_files, load, read_lift, split_projects
+from festive.data.corpus_b import load_corpus_b, test_families
 from festive.eval.baselines import (
     V0,
     Dense,
@@ -52,6 +53,32 @@ class OnlyConfigs:
 
     def __call__(self, meta: dict[str, str]) -> bool:
         return f"{meta['compiler']}-{meta['arch']}-{meta['opt']}" in self.configs
+
+
+def derive_b(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
+    """Corpus B lifts carry no function bytes: only the IR-based methods run there."""
+    from festive.features import FeatureConfig, function_tokens
+
+    return {"graph": to_graph(func), "v0_bag": function_tokens(func, FeatureConfig())}
+
+
+def corpus_b_results(embedder: Embedder, n_queries: int, seed: int) -> dict[str, Any]:
+    """Debian's own release builds of the test families (4 architectures, gcc, Debian's
+    flags): the realistic counterpart of XA/XB/XM, for v1 and v0."""
+    families = test_families()
+    fns = load_corpus_b(derive_b, families=families)
+    emb = embedder.embed_graphs([f.data["graph"] for f in fns])
+    methods: list[Method] = [Dense("FESTIVE v1", emb), V0(fns)]
+    out: dict[str, Any] = {"families": families, "functions": len(fns),
+                           "builds": sorted({f.build for f in fns}), "tasks": {}}
+    for task in ("XA", "XB", "XM"):
+        queries = make_queries(fns, task, n_queries, 100, seed)
+        out["tasks"][task] = {}
+        for m in methods:
+            r = ranking(m, queries, seed)
+            r.pop("_hits")
+            out["tasks"][task][m.name] = r
+    return out
 
 
 def ranking(method: Method, queries: list, seed: int) -> dict[str, Any]:
@@ -168,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         results["auc"][m.name] = pair_auc(m, xm, args.seed)
         print(f"{m.name}: search+auc {time.time() - t:.0f}s", flush=True)
 
+    results["corpus_b"] = corpus_b_results(embedder, args.queries, args.seed)
+
     results["meta"] = {
         "test_projects": projects,
         "builds": builds,
@@ -214,8 +243,18 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     for kind, row in results["xm_by_difference"].items():
         split.append(f"| {kind} | {row['queries']} | "
                      + " | ".join(f"{row[n]:.3f}" for n in names) + " |")
+    b = results["corpus_b"]
+    b_names = list(next(iter(b["tasks"].values())))
+    corpus_b = ["", f"Corpus B (Debian's builds of {', '.join(b['families'])}; "
+                f"{b['functions']} functions), Recall@1:", "",
+                "| method | " + " | ".join(f"{t} R@1 (n={b['tasks'][t][b_names[0]]['queries']})"
+                                        for t in b["tasks"]) + " |",
+                "|---" * (len(b["tasks"]) + 1) + "|"]
+    for name in b_names:
+        corpus_b.append(f"| {name} | " + " | ".join(fmt(b["tasks"][t][name]["recall1"])
+                                                   for t in b["tasks"]) + " |")
     path.write_text("\n".join(lines + mrr) + f"\n\nQueries per task: {queries}.\n"
-                    + "\n".join(split) + "\n")
+                    + "\n".join(split + corpus_b) + "\n")
 
 
 if __name__ == "__main__":
