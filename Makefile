@@ -34,13 +34,14 @@ test-deps:
 test: venv test-deps lint
 	$(VENV)/bin/python -m pytest -q -ra
 
-# Rebuild the shipped reference index from Debian packages: ~45 min of angr on 2 cores,
-# needs root for dpkg/apt (see festive/reference/README.md). `--stage index` refits
-# only the index from data/reference-cache/.
+# Rebuild the shipped reference indexes (v0 and v1) from Debian packages: ~25 min of
+# angr here, needs root for dpkg/apt (see festive/reference/README.md). Cached lifts of
+# an older lift format are lifted again. `--stage index` refits only v0's index.
 index: venv
 	dpkg --add-architecture arm64 && dpkg --add-architecture i386 && dpkg --add-architecture armhf
 	-apt-get update
 	nice -n 10 $(VENV)/bin/python -m festive.reference.build
+	nice -n 10 $(VENV)/bin/python -m festive.v1.index
 
 clean-data:
 	rm -rf data
