@@ -17,8 +17,8 @@ from typing import Any
 from festive.v1.embed import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[2]
-VERSION = "1.0.0"
-TRAIN_COMMAND = "nice -n 19 .venv/bin/python -m festive.v1.train"
+VERSION = "1.1.0"  # 1.1: more projects and builds, strings, uniformity-regularised
+TRAIN_COMMAND = "nice -n 5 .venv/bin/python -m festive.v1.train"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -37,7 +37,8 @@ def assemble() -> dict[str, Any]:
         "version": VERSION,
         "description": "GGSNN-style message passing over the CFG (hashed VEX-op/bigram/"
                        "constant bags per block; callee/string/CFG-size bag per function), "
-                       "trained with symmetric InfoNCE; 128-d L2-normalised embeddings.",
+                       "trained with symmetric InfoNCE over in-batch negatives (plus a "
+                       "uniformity term); 128-d L2-normalised embeddings.",
         "weights_file": WEIGHTS.name,
         "weights_sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
         "weights_bytes": WEIGHTS.stat().st_size,
@@ -74,7 +75,8 @@ def markdown(card: dict[str, Any]) -> str:
         f"{', '.join(card.get('architectures', []))}", "",
         "## Training", "",
         f"- command: `{card['train_command']}` (args: `{json.dumps(t.get('args'))}`)",
-        f"- {t.get('steps')} steps in {t.get('train_seconds')} s on CPU (1 thread); best "
+        f"- {t.get('steps')} steps in {t.get('train_seconds')} s on CPU "
+        f"({(t.get('args') or {}).get('threads', 1)} thread(s)); best "
         f"checkpoint at step {t.get('best_step')} (validation XM Recall@1 "
         f"{t.get('best_val_xm_recall1')})",
         f"- data: `{card['data_manifest']}` — splits by project: "
