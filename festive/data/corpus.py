@@ -98,6 +98,16 @@ def filtered_functions(lift: dict[str, Any]) -> list[dict[str, Any]]:
     return kept
 
 
+class OnlyConfigs:
+    """A `builds` filter for `load` (a class, so worker processes can unpickle it)."""
+
+    def __init__(self, configs: list[str]):
+        self.configs = frozenset(configs)
+
+    def __call__(self, meta: dict[str, str]) -> bool:
+        return f"{meta['compiler']}-{meta['arch']}-{meta['opt']}" in self.configs
+
+
 def _load_file(path: Path, derive: Callable[[dict[str, Any], dict[str, Any]], Any],
                exclude_labels: set[str] | None,
                builds: Callable[[dict[str, str]], bool] | None) -> list[Fn]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from festive.data.corpus import Fn, lifted_files, load, read_lift, split_projects
+from festive.data.corpus import Fn, OnlyConfigs, lifted_files, load, read_lift, split_projects
 from festive.data.corpus_b import load_corpus_b, test_families
 from festive.eval.baselines import (
     V0,
@@ -28,8 +28,8 @@ from festive.eval.baselines import (
     Method,
     Ssdeep,
     Tlsh,
+    eval_features,
     opcode_histograms,
-    raw_features,
 )
 from festive.eval.metrics import bootstrap_auc, bootstrap_ci, rank_stats
 from festive.eval.tasks import TASKS, make_queries
@@ -39,20 +39,6 @@ from festive.v1.graph import to_graph
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def derive(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
-    out = raw_features(func, lift)
-    out["graph"] = to_graph(func)
-    return out
-
-
-class OnlyConfigs:
-    """Build filter for `load` (a class so worker processes can unpickle it)."""
-
-    def __init__(self, configs: list[str]):
-        self.configs = frozenset(configs)
-
-    def __call__(self, meta: dict[str, str]) -> bool:
-        return f"{meta['compiler']}-{meta['arch']}-{meta['opt']}" in self.configs
 
 
 def derive_b(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     projects = split_projects("test")
     only = OnlyConfigs(args.configs.split(",")) if args.configs else None
-    fns = load(projects, derive, builds=only, workers=args.workers)
+    fns = load(projects, eval_features, builds=only, workers=args.workers)
     load_seconds = time.time() - t0
     builds = sorted({f.build for f in fns})
     print(f"{len(fns)} test functions, {len(builds)} builds, loaded in {load_seconds:.0f}s",

@@ -62,6 +62,15 @@ def raw_features(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def eval_features(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
+    """Everything every method needs (module-level: `load` may run it in workers)."""
+    from festive.v1.graph import to_graph
+
+    out = raw_features(func, lift)
+    out["graph"] = to_graph(func)
+    return out
+
+
 class Method:
     name = ""
 
