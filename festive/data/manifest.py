@@ -32,6 +32,7 @@ def build_manifest() -> dict:
                 "functions_lifted": len(lift["functions"]),
                 "functions_kept": len(filtered_functions(lift)),
                 "lift_seconds": lift["build"]["lift_seconds"],
+                "lift_format": lift.get("format"),  # ae-lift/1: lifted before strings
             }
         projects[p.name] = {"split": p.split, "debian_source": trees[0] if trees else None,
                             "builds": builds}
