@@ -1,11 +1,12 @@
-"""Corpus B: Debian's own multiarch builds of libraries, as extra training functions.
+"""Corpus B: Debian's own multiarch builds of libraries, for evaluation and training.
 
-Why: Corpus A varies compiler, level and architecture but has few projects; the
-reference cache (festive.reference, `make index`) already holds Debian's release
-builds of more libraries on four architectures (one pinned version everywhere), so
-their exported functions add identities cheaply. Labels come from exported .dynsym
-names with aliases collapsed to one name (festive.reference.corpus.exported_name).
-Families that are Corpus A test or validation projects are never read here.
+Why: Corpus A is built by us; the reference cache (festive.reference, `make index`)
+holds Debian's release builds on four architectures (one pinned version everywhere),
+the realistic case. Its test families (Corpus A test projects) are an extra
+evaluation set (festive.eval); its other families can add training identities
+(`festive.v1.train --corpus-b`; validation and test families are never trained on).
+Labels come from exported .dynsym names with aliases collapsed to one name
+(festive.reference.corpus.exported_name).
 """
 
 from __future__ import annotations
