@@ -39,8 +39,6 @@ from festive.v1.graph import to_graph
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 def derive_b(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
     """Corpus B lifts carry no function bytes: only the IR-based methods run there."""
     from festive.features import FeatureConfig, function_tokens
@@ -61,13 +59,12 @@ def corpus_b_results(embedder: Embedder, n_queries: int, seed: int) -> dict[str,
         queries = make_queries(fns, task, n_queries, 100, seed)
         out["tasks"][task] = {}
         for m in methods:
-            r = ranking(m, queries, seed)
-            r.pop("_hits")
-            out["tasks"][task][m.name] = r
+            out["tasks"][task][m.name] = ranking(m, queries, seed)[0]
     return out
 
 
-def ranking(method: Method, queries: list, seed: int) -> dict[str, Any]:
+def ranking(method: Method, queries: list, seed: int) -> tuple[dict[str, Any], list[float]]:
+    """Recall@1 and MRR@10 with CIs, and each query's Recall@1 (for breakdowns)."""
     r1, mrr = [], []
     for q in queries:
         cands = np.concatenate([[q.positive], q.negatives])
@@ -76,8 +73,7 @@ def ranking(method: Method, queries: list, seed: int) -> dict[str, Any]:
         r1.append(a)
         mrr.append(b)
     return {"recall1": bootstrap_ci(np.asarray(r1), seed=seed),
-            "mrr10": bootstrap_ci(np.asarray(mrr), seed=seed), "queries": len(queries),
-            "_hits": r1}
+            "mrr10": bootstrap_ci(np.asarray(mrr), seed=seed), "queries": len(queries)}, r1
 
 
 def differs(a: Fn, b: Fn) -> str:
@@ -163,17 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     pool = rng.permutation(len(fns))[: args.pool]
     results: dict[str, Any] = {"tasks": {}, "search": {}, "auc": {}}
     task_queries = {task: make_queries(fns, task, args.queries, 100, args.seed) for task in TASKS}
+    hits: dict[str, dict[str, list[float]]] = {task: {} for task in TASKS}
     for task, queries in task_queries.items():
         print(f"{task}: {len(queries)} queries", flush=True)
         results["tasks"][task] = {}
         for m in methods:
-            results["tasks"][task][m.name] = ranking(m, queries, args.seed)
+            results["tasks"][task][m.name], hits[task][m.name] = ranking(m, queries, args.seed)
     xm = task_queries["XM"]
-    results["xm_by_difference"] = xm_breakdown(
-        fns, xm, {m: r.pop("_hits") for m, r in results["tasks"]["XM"].items()})
-    for task in TASKS:
-        for r in results["tasks"][task].values():
-            r.pop("_hits", None)
+    results["xm_by_difference"] = xm_breakdown(fns, xm, hits["XM"])
     for m in methods:
         t = time.time()
         n = args.slow_search_queries if m.name in ("ssdeep", "tlsh") else len(xm)
