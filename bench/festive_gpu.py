@@ -1,0 +1,261 @@
+"""FESTIVE v1 on CUDA against the CPU: the same answers, and how fast each is.
+
+    python bench/festive_gpu.py --lifted DIR [--out results.json]
+
+Why: the embed stage and the reference search pick CUDA when torch sees a GPU, and CI
+never has one. This runs both paths on a GPU machine over real lifted test builds
+(DIR/<project>/<config>.json.gz, as festive.data.build writes them) and records:
+- parity: embeddings (max abs difference, min cosine) and whole attributions
+  (EngineV1.attribute in a child process with CUDA hidden, compared leaf by leaf);
+- embedding throughput per function: one CPU thread, all CPU threads, CUDA;
+- search time per query: the real v1 Searcher (CSR matmul) on the shipped index and on
+  synthetic indexes of 1M rows, and a dense float16 matmul up to 10M rows (the scale-out
+  case the brief names). Write-up: bench/festive_gpu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from festive.v0 import ReferenceIndex, Searcher  # noqa: E402
+from festive.v1.embed import Embedder  # noqa: E402
+from festive.v1.graph import to_graph  # noqa: E402
+from festive.v1.index import dense_to_csr  # noqa: E402
+
+GPU = "cuda"  # --dry-run-on-cpu swaps in "cpu"
+
+
+def read_lifts(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(root.glob("*/*.json.gz")):
+        with gzip.open(path, "rt") as handle:
+            out.append((f"{path.parent.name}/{path.stem.removesuffix('.json')}", json.load(handle)))
+    return out
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, repeat: int = 1) -> float:
+    """Best wall time of `repeat` runs (after the caller's warm-up)."""
+    best = float("inf")
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def attribute_all(lifted: Path) -> dict[str, Any]:
+    """EngineV1 prediction_results per lifted build, on whatever device torch picks."""
+    from festive.engine import load_engine
+
+    engine = load_engine("v1")
+    results = {"device": engine.device}
+    for name, lift in read_lifts(lifted):
+        child = {"sha256": name.replace("/", "_").ljust(12, "_"), "name": name, "lift": lift}
+        results[name] = engine.attribute([child])
+    return results
+
+
+def compare_leaves(a: Any, b: Any, path: str, out: list[str]) -> int:
+    """Count leaves; note those that differ (numbers by more than 2e-3)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        n = 0
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                out.append(f"{path}/{key}: only on one side")
+                n += 1
+            else:
+                n += compare_leaves(a[key], b[key], f"{path}/{key}", out)
+        return n
+    if a != b:
+        try:
+            if abs(float(a) - float(b)) <= 2e-3:
+                return 1
+        except (TypeError, ValueError):
+            pass
+        out.append(f"{path}: {a!r} vs {b!r}")
+    return 1
+
+
+def engine_parity(lifted: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--lifted", str(lifted), "--attribute-only"]
+    runs = {}
+    for label, env in (("cuda", {}), ("cpu", {"CUDA_VISIBLE_DEVICES": ""})):
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
+                              check=True)
+        runs[label] = json.loads(proc.stdout.splitlines()[-1])
+        runs[label]["_seconds"] = round(time.perf_counter() - t, 1)
+    cuda, cpu = runs["cuda"], runs["cpu"]
+    diffs: list[str] = []
+    samples = [k for k in cpu if k not in ("device", "_seconds")]
+    leaves = sum(compare_leaves(cuda[k], cpu[k], k, diffs) for k in samples)
+    return {
+        "devices": [cuda["device"], cpu["device"]],
+        "samples": len(samples),
+        "leaves_compared": leaves,
+        "leaves_differing": len(diffs),
+        "differences": diffs[:20],
+        "verdicts": {k: [cuda[k]["verdict"], cpu[k]["verdict"]] for k in samples},
+        "functions_matched": {k: [cuda[k]["functions_matched"], cpu[k]["functions_matched"]]
+                              for k in samples},
+        "process_seconds": {"cuda": cuda["_seconds"], "cpu": cpu["_seconds"]},
+    }
+
+
+def embedding_bench(graphs: list, n_target: int) -> dict[str, Any]:
+    reps = (n_target + len(graphs) - 1) // len(graphs)
+    many = (graphs * reps)[:n_target]
+    cpu = Embedder(device="cpu")
+    gpu = Embedder(device=GPU)
+    ref = cpu.embed_graphs(graphs)
+    got = gpu.embed_graphs(graphs)
+    cosine = (ref * got).sum(axis=1)
+    out: dict[str, Any] = {
+        "functions_distinct": len(graphs),
+        "parity_max_abs_diff": float(np.abs(ref - got).max()),
+        "parity_min_cosine": float(cosine.min()),
+        "norms_cuda": [float(np.linalg.norm(got, axis=1).min()),
+                       float(np.linalg.norm(got, axis=1).max())],
+    }
+    threads = torch.get_num_threads()
+    small = many[:4000]
+    torch.set_num_threads(1)
+    out["cpu_1_thread_ms_per_fn"] = 1e3 * timed(lambda: cpu.embed_graphs(small)) / len(small)
+    torch.set_num_threads(threads)
+    mid = many[:20000]
+    out[f"cpu_{threads}_threads_ms_per_fn"] = 1e3 * timed(lambda: cpu.embed_graphs(mid)) / len(mid)
+    for max_blocks in (20000, 200000):
+        gpu.embed_graphs(many[:2000], max_blocks=max_blocks)  # warm-up
+        sec = timed(lambda mb=max_blocks: gpu.embed_graphs(many, max_blocks=mb), repeat=2)
+        out[f"cuda_ms_per_fn_batch_{max_blocks}_blocks"] = 1e3 * sec / len(many)
+    # Where CUDA time goes: host-side collate vs the model on the device.
+    from festive.v1.model import collate
+    batch = many[:5000]
+    collate_s = timed(lambda: collate(batch))
+    dev = collate(batch).to(GPU)
+    with torch.no_grad():
+        gpu.model(dev)
+        forward_s = timed(lambda: gpu.model(dev), repeat=3)
+    out["cuda_5000_fns_collate_ms"] = 1e3 * collate_s
+    out["cuda_5000_fns_forward_ms"] = 1e3 * forward_s
+    out["functions_timed_cuda"] = len(many)
+    out["cpu_threads"] = threads
+    return out
+
+
+def synthetic_index(n_rows: int, dim: int, n_families: int, rng: np.random.Generator
+                    ) -> ReferenceIndex:
+    m = rng.standard_normal((n_rows, dim), dtype=np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    fam = rng.integers(0, n_families, n_rows).astype(np.int16)
+    return ReferenceIndex(None, dense_to_csr(m), [f"f{i}" for i in range(n_families)],  # type: ignore[arg-type]
+                          ["b0"], ["amd64"], fam, np.zeros(n_rows, np.int16),
+                          [""] * n_rows, np.zeros(n_rows, np.int32))
+
+
+def search_bench(queries: np.ndarray, shipped: ReferenceIndex, synthetic_rows: int,
+                 dense_rows: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    q = dense_to_csr(queries)
+    rng = np.random.default_rng(0)
+    for label, index in (("shipped", shipped), ("synthetic", synthetic_index(
+            synthetic_rows, queries.shape[1], 1000, rng))):
+        for device in (GPU, "cpu"):
+            searcher = Searcher(index, device=device)
+            nq = q.n_rows if device == "cuda" or label == "shipped" else 512
+            sub = q.take(np.arange(nq))
+            searcher.search(sub.take(np.arange(min(64, nq))))  # warm-up
+            sec = timed(lambda s=searcher, sub=sub: s.search(sub))
+            out[f"searcher_{label}_{index.matrix.n_rows}_rows_{device}_ms_per_query"] = (
+                1e3 * sec / nq)
+        if label == "shipped":
+            hits_gpu = Searcher(index, device=GPU).search(q)
+            hits_cpu = Searcher(index, device="cpu").search(q)
+            out["searcher_shipped_same_best_row"] = float(np.mean(
+                [a.row == b.row for a, b in zip(hits_gpu, hits_cpu, strict=True)]))
+            out["searcher_shipped_same_family"] = float(np.mean(
+                [a.family == b.family for a, b in zip(hits_gpu, hits_cpu, strict=True)]))
+    # Dense float16 reference on the GPU: top-1 over N rows for 4,096 queries.
+    qt = torch.from_numpy(np.ascontiguousarray(queries[:4096])).to(GPU).half()
+    for n in dense_rows:
+        ref = torch.randn(n, queries.shape[1], device=GPU, dtype=torch.float16)
+        ref /= ref.norm(dim=1, keepdim=True)
+
+        def top1(ref: torch.Tensor = ref) -> None:
+            for start in range(0, qt.shape[0], 1024):
+                (ref @ qt[start:start + 1024].T).max(dim=0)
+
+        top1()
+        out[f"dense_fp16_{n}_rows_cuda_ms_per_query"] = 1e3 * timed(top1, repeat=3) / qt.shape[0]
+        del ref
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lifted", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--functions", type=int, default=50000)
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--dense-rows", default="1000000,10000000")
+    parser.add_argument("--attribute-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run-on-cpu", action="store_true",
+                        help="stand the CPU in for CUDA (a smoke run of this script)")
+    args = parser.parse_args()
+    global GPU
+    if args.dry_run_on_cpu:
+        GPU = "cpu"
+    if args.attribute_only:
+        print(json.dumps(attribute_all(args.lifted)))
+        return
+    if GPU == "cuda" and not torch.cuda.is_available():
+        sys.exit("festive_gpu: torch sees no CUDA device; run this on a GPU machine")
+    report: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(0) if GPU == "cuda" else "none (dry run)",
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    }
+    lifts = read_lifts(args.lifted)
+    funcs = [f for _n, lift in lifts for f in lift["functions"] if len(f.get("blocks", [])) >= 5]
+    t = time.perf_counter()
+    graphs = [to_graph(f) for f in funcs]
+    report["builds"] = [n for n, _ in lifts]
+    report["features_ms_per_fn"] = 1e3 * (time.perf_counter() - t) / len(graphs)
+    print(json.dumps(report), flush=True)
+    report["engine_parity"] = engine_parity(args.lifted)
+    print(json.dumps(report["engine_parity"])[:2000], flush=True)
+    report["embedding"] = embedding_bench(graphs, args.functions)
+    print(json.dumps(report["embedding"]), flush=True)
+    from festive.engine import load_engine
+    shipped = load_engine("v1").index
+    queries = Embedder(device=GPU).embed_graphs(graphs)
+    report["search"] = search_bench(queries, shipped, args.synthetic_rows,
+                                    [int(n) for n in args.dense_rows.split(",")])
+    print(json.dumps(report["search"]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
