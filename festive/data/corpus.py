@@ -18,6 +18,7 @@ import json
 import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,9 +58,9 @@ def split_projects(split: str) -> list[str]:
     return [p.name for p in PROJECTS if p.split == split]
 
 
-def lifted_files(projects: list[str]) -> Iterator[Path]:
+def lifted_files(projects: list[str], root: Path = LIFTED) -> Iterator[Path]:
     for name in projects:
-        yield from sorted((LIFTED / name).glob("*.json.gz"))
+        yield from sorted((root / name).glob("*.json.gz"))
 
 
 def read_lift(path: Path) -> dict[str, Any]:
@@ -127,19 +128,21 @@ def _load_file(path: Path, derive: Callable[[dict[str, Any], dict[str, Any]], An
 def load(projects: list[str], derive: Callable[[dict[str, Any], dict[str, Any]], Any],
          exclude_labels: set[str] | None = None,
          builds: Callable[[dict[str, str]], bool] | None = None,
-         workers: int = 1) -> list[Fn]:
+         workers: int = 1, root: Path = LIFTED) -> list[Fn]:
     """All filtered functions of these projects; derive(func, lift) -> Fn.data.
 
     workers > 1 reads lifted files in that many processes (derive and builds must then
-    be module-level functions); the order of the result does not depend on it.
+    be module-level functions); the order of the result does not depend on it. A worker
+    that dies (e.g. cannot unpickle its task) raises BrokenProcessPool: a
+    multiprocessing.Pool would respawn it and wait for the lost task for ever.
     """
-    paths = list(lifted_files(projects))
+    paths = list(lifted_files(projects, root))
     job = partial(_load_file, derive=derive, exclude_labels=exclude_labels, builds=builds)
     if workers <= 1:
         parts = [job(path) for path in paths]
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(job, paths, chunksize=1)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(job, paths))
     return [fn for part in parts for fn in part]
 
 
