@@ -222,7 +222,12 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 if args.skip_lift:
                     continue
-                target, count, seconds = pool.apply(lift_one, (str(out),))
+                try:
+                    target, count, seconds = pool.apply(lift_one, (str(out),))
+                except Exception as exc:  # angr's own bugs, e.g. a KeyError in CFGFast on ARM
+                    print(f"lift {name} {config}: FAILED ({type(exc).__name__}: {exc})",
+                          flush=True)
+                    continue
                 if count >= 0:
                     print(f"lift {name} {config}: {count} functions in {seconds:.1f}s", flush=True)
 
