@@ -251,8 +251,8 @@ class Searcher:
         self.index = index
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         m = index.matrix
-        # Dense rows (v1) as a dense matrix: a third of the CSR's memory and, at a million
-        # rows on a GPU, ~50x faster (bench/festive_gpu.md). Sparse rows (v0) stay CSR.
+        # Dense rows (v1) as a dense matrix: a third of the CSR's memory, and the product
+        # the GPU is fast at (bench/festive_gpu.md). Sparse rows (v0) stay CSR.
         dense = m.as_dense()
         if dense is not None:
             self.ref = torch.from_numpy(dense).to(self.device, dtype=torch.float32)
