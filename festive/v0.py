@@ -244,7 +244,7 @@ class Searcher:
     """Cosine search of query vectors against a ReferenceIndex with torch."""
 
     def __init__(self, index: ReferenceIndex, device: str | None = None,
-                 exclude_build: int | None = None):
+                 exclude_build: int | None = None, allow_dense: bool = True):
         import torch
 
         self.torch = torch
@@ -252,8 +252,9 @@ class Searcher:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         m = index.matrix
         # Dense rows (v1) as a dense matrix: a third of the CSR's memory, and the product
-        # the GPU is fast at (bench/festive_gpu.md). Sparse rows (v0) stay CSR.
-        dense = m.as_dense()
+        # a GPU is fast at (bench/search_layout.md). Sparse rows (v0) stay CSR, and so do
+        # dense ones with allow_dense=False (the benchmark compares the two layouts).
+        dense = m.as_dense() if allow_dense else None
         if dense is not None:
             self.ref = torch.from_numpy(dense).to(self.device, dtype=torch.float32)
         else:

@@ -36,7 +36,7 @@ def index_of(matrix: Csr, families: np.ndarray) -> ReferenceIndex:
                           np.zeros(n, np.int32))
 
 
-@pytest.mark.parametrize("layout", ["dense", "sparse"])
+@pytest.mark.parametrize("layout", ["dense", "dense-as-csr", "sparse"])
 def test_searcher_matches_brute_force(layout: str) -> None:
     rng = np.random.default_rng(7)
     ref = rng.standard_normal((300, 24))
@@ -46,10 +46,11 @@ def test_searcher_matches_brute_force(layout: str) -> None:
     ref = unit_rows(ref)
     queries = unit_rows(ref[rng.integers(0, 300, 50)] + 0.3 * rng.standard_normal((50, 24)))
     families = rng.integers(0, 4, 300)
-    matrix = dense_to_csr(ref) if layout == "dense" else sparse_csr(ref)
-    assert (matrix.as_dense() is not None) == (layout == "dense")
+    matrix = sparse_csr(ref) if layout == "sparse" else dense_to_csr(ref)
+    assert (matrix.as_dense() is not None) == (layout != "sparse")
 
-    searcher = Searcher(index_of(matrix, families), device="cpu")
+    searcher = Searcher(index_of(matrix, families), device="cpu",
+                        allow_dense=layout != "dense-as-csr")
     assert searcher.dense == (layout == "dense")
     hits = searcher.search(dense_to_csr(queries), batch=16)
 
