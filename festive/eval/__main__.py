@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes reading the lifts")
     parser.add_argument("--configs", help="only these builds (compiler-arch-opt, comma list)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "festive_eval"))
+    parser.add_argument("--weights", type=Path, default=WEIGHTS,
+                        help="v1 weights to evaluate (default: the shipped ones)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(fns)} test functions, {len(builds)} builds, loaded in {load_seconds:.0f}s",
           flush=True)
 
-    embedder = Embedder(WEIGHTS, device="cpu")
+    embedder = Embedder(args.weights, device="cpu")
     t = time.time()
     emb = embedder.embed_graphs([f.data["graph"] for f in fns])
     embed_ms = 1000 * (time.time() - t) / len(fns)
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         "embed_ms_per_function_cpu": embed_ms,
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": 1,
-        "weights_sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
+        "weights_sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest(),
         "seconds": time.time() - t0,
     }
     Path(args.out + ".json").write_text(json.dumps(results, indent=1))
