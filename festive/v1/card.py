@@ -17,7 +17,7 @@ from typing import Any
 from festive.v1.embed import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[2]
-VERSION = "1.1.0"  # 1.1: more projects and builds, strings, uniformity-regularised
+VERSION = "1.2.0"  # 1.2: the whole build matrix (50 configurations), strings in every lift
 TRAIN_COMMAND = "nice -n 5 .venv/bin/python -m festive.v1.train"
 
 
