@@ -8,9 +8,10 @@ never has one. This runs both paths on a GPU machine over real lifted test build
 - parity: embeddings (max abs difference, min cosine) and whole attributions
   (EngineV1.attribute in a child process with CUDA hidden, compared leaf by leaf);
 - embedding throughput per function: one CPU thread, all CPU threads, CUDA;
-- search time per query: the real v1 Searcher (CSR matmul) on the shipped index and on
-  synthetic indexes of 1M rows, and a dense float16 matmul up to 10M rows (the scale-out
-  case the brief names). Write-up: bench/festive_gpu.md.
+- search time per query: the real v1 Searcher (whichever layout it picks; CSR when this
+  was run) on the shipped index and on synthetic indexes of 1M rows, and a dense
+  float16 matmul up to 10M rows (the scale-out case the brief names).
+Write-up: bench/festive_gpu.md.
 """
 
 from __future__ import annotations
