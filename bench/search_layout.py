@@ -18,19 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from festive_gpu import synthetic_index  # bench/ is the script's own folder on sys.path
 
 from festive.engine import WEIGHTS_DIR
 from festive.v0 import ReferenceIndex, Searcher
 from festive.v1.embed import Embedder
 from festive.v1.index import dense_to_csr, load_index
-
-
-def synthetic(n_rows: int, dim: int, rng: np.random.Generator) -> ReferenceIndex:
-    m = rng.standard_normal((n_rows, dim), dtype=np.float32)
-    m /= np.linalg.norm(m, axis=1, keepdims=True)
-    return ReferenceIndex(None, dense_to_csr(m), [f"f{i}" for i in range(100)],  # type: ignore[arg-type]
-                          ["b0"], ["amd64"], rng.integers(0, 100, n_rows).astype(np.int16),
-                          np.zeros(n_rows, np.int16), [""] * n_rows, np.zeros(n_rows, np.int32))
 
 
 def compare(index: ReferenceIndex, queries: np.ndarray, device: str) -> dict[str, Any]:
@@ -73,8 +66,9 @@ def main() -> None:
               "shipped": compare(shipped, own.to_dense(), args.device)}
     print(json.dumps(report["shipped"]), flush=True)
     for n in (int(r) for r in args.rows.split(",")):
-        queries = synthetic(args.queries, 128, rng).matrix.to_dense()
-        report[f"synthetic_{n}"] = compare(synthetic(n, 128, rng), queries, args.device)
+        queries = synthetic_index(args.queries, 128, 100, rng).matrix.to_dense()
+        report[f"synthetic_{n}"] = compare(synthetic_index(n, 128, 100, rng), queries,
+                                           args.device)
         print(json.dumps(report[f"synthetic_{n}"]), flush=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 
