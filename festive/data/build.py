@@ -1,12 +1,14 @@
 """Build Corpus A: fetch Debian sources, compile the matrix, strip, lift, label.
 
     nice -n 19 python -m festive.data.build [--projects zlib,lz4] [--configs gcc-x86_64-O2,...]
-        [--skip-lift]
+        [--suite sid] [--skip-lift]
 
 Why this shape: labels come from the -g copy's symbol table (by address) while the
 features come from lifting the *stripped* copy, so no name can leak into a feature.
-Everything lands under data/festive/ (git-ignored); each step is skipped when its
-output exists, so the command can be re-run to resume.
+Everything lands under data/festive/ (git-ignored; data/festive-<suite>/ for sources
+from another Debian suite, e.g. sid's newer upstream versions for the reference
+corpus); each step is skipped when its output exists, so the command can be re-run to
+resume.
 """
 
 from __future__ import annotations
@@ -26,21 +28,45 @@ from typing import Any
 
 from festive.data.projects import ARCHES, BY_NAME, DEFAULT_PROJECTS, Project, all_configs
 
-ROOT = Path(__file__).resolve().parents[2] / "data" / "festive"
+DATA = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_SUITE = "bookworm"  # Corpus A (training) is bookworm's sources
+FALLBACK_SUITES = {"sid": ["trixie"]}
+
+
+def root_for(suite: str = DEFAULT_SUITE) -> Path:
+    """data/festive for bookworm (Corpus A), data/festive-<suite> for another suite."""
+    return DATA / ("festive" if suite == DEFAULT_SUITE else f"festive-{suite}")
+
+
+ROOT = root_for()
 SRC = ROOT / "src"
 BUILDS = ROOT / "builds"
 LIFTED = ROOT / "lifted"
 
 
-def fetch(project: Project) -> Path:
-    """apt-get source (needs a deb-src entry); returns the unpacked tree."""
-    SRC.mkdir(parents=True, exist_ok=True)
-    found = sorted(p for p in SRC.glob(f"{project.name}-*") if p.is_dir())
+def fetch(project: Project, suite: str = DEFAULT_SUITE) -> Path:
+    """apt-get source NAME/SUITE (needs a deb-src entry); returns the unpacked tree."""
+    src = root_for(suite) / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    found = sorted(p for p in src.glob(f"{project.name}-*") if p.is_dir())
+    # sid's index can name a .dsc its pool no longer has (404): trixie's is the
+    # next-newest version, and the tree's directory name records which one came
+    for candidate in [suite, *FALLBACK_SUITES.get(suite, [])]:
+        if found:
+            break
+        result = subprocess.run(["apt-get", "source", "-q", f"{project.name}/{candidate}"],
+                                cwd=src, stdout=subprocess.DEVNULL)
+        found = sorted(p for p in src.glob(f"{project.name}-*") if p.is_dir())
+        if result.returncode != 0 and not found:
+            print(f"fetch {project.name}/{candidate}: FAILED", flush=True)
     if not found:
-        subprocess.run(["apt-get", "source", "-q", project.name], cwd=SRC, check=True,
-                       stdout=subprocess.DEVNULL)
-        found = sorted(p for p in SRC.glob(f"{project.name}-*") if p.is_dir())
-    return found[0]
+        raise FileNotFoundError(f"no source of {project.name} in {suite}")
+    tree = found[0]
+    stamp = tree / ".ae-prepared"
+    if project.prepare and not stamp.exists():
+        subprocess.run(["sh", "-c", project.prepare], cwd=tree, check=True)
+        stamp.touch()
+    return tree
 
 
 def _sources(project: Project, tree: Path, gen: Path) -> list[Path]:
@@ -53,30 +79,26 @@ def _sources(project: Project, tree: Path, gen: Path) -> list[Path]:
     return sorted(files)
 
 
-def _compiler(compiler: str, arch: str) -> list[str]:
+def compiler_command(compiler: str, arch: str) -> list[str]:
     triple, prefix = ARCHES[arch]
     if compiler == "gcc":
         return [f"{prefix}gcc" if prefix else "gcc"]
     return ["clang", f"--target={triple}"]
 
 
-def build_one(project: Project, tree: Path, compiler: str, arch: str, opt: str) -> Path | None:
-    """Compile, link a shared object with -g, and a stripped copy. None if it fails."""
-    out = BUILDS / project.name / f"{compiler}-{arch}-{opt}"
-    debug, stripped = out / "lib.so", out / "lib.stripped.so"
-    if stripped.exists():
-        return out
-    gen = BUILDS / project.name / "gen"
+def compile_objects(project: Project, tree: Path, cc: list[str], flags: list[str],
+                    objdir: Path) -> list[str]:
+    """Compile the project's library sources with `cc` and `flags` plus the recipe's
+    includes, defines and generated headers, into objdir. Files that do not compile
+    for a target (e.g. another ISA's SIMD code) are left out."""
+    gen = objdir / "gen"
     gen.mkdir(parents=True, exist_ok=True)
     for name, content in project.generated.items():
         (gen / name).write_text(content)
     for name, source in project.copies.items():
         shutil.copyfile(tree / source, gen / name)
-    cc = _compiler(compiler, arch)
-    flags = [f"-{opt}", "-g", "-fPIC", "-fvisibility=hidden", "-w", f"-I{gen}"]
-    flags += [f"-I{tree / inc}" for inc in project.includes] + [f"-D{d}" for d in project.defines]
-    objdir = out / "obj"
-    objdir.mkdir(parents=True, exist_ok=True)
+    flags = [*flags, "-w", f"-I{gen}", *[f"-I{tree / inc}" for inc in project.includes],
+             *[f"-D{d}" for d in project.defines]]
     objects = []
     for index, source in enumerate(_sources(project, tree, gen)):
         obj = objdir / f"{index:03d}_{source.stem}.o"
@@ -84,6 +106,20 @@ def build_one(project: Project, tree: Path, compiler: str, arch: str, opt: str) 
                                 capture_output=True, text=True)
         if result.returncode == 0:
             objects.append(str(obj))
+    return objects
+
+
+def build_one(project: Project, tree: Path, compiler: str, arch: str, opt: str,
+              builds: Path = BUILDS) -> Path | None:
+    """Compile, link a shared object with -g, and a stripped copy. None if it fails."""
+    out = builds / project.name / f"{compiler}-{arch}-{opt}"
+    debug, stripped = out / "lib.so", out / "lib.stripped.so"
+    if stripped.exists():
+        return out
+    cc = compiler_command(compiler, arch)
+    objdir = out / "obj"
+    objects = compile_objects(project, tree, cc,
+                              [f"-{opt}", "-g", "-fPIC", "-fvisibility=hidden"], objdir)
     if not objects:
         return None
     link = [*cc, "-shared", "-g", "-o", str(debug), *objects, "-lm"]
@@ -166,9 +202,9 @@ def lift_one(build_dir: str) -> tuple[str, int, float]:
     """Lift the stripped copy, attach names from the debug copy; returns (out, n, seconds)."""
     from lifting.angr_lift import is_current_lift, lift_binary
 
-    build = Path(build_dir)
+    build = Path(build_dir)  # <root>/builds/<project>/<config>
     project, config = build.parent.name, build.name
-    target = LIFTED / project / f"{config}.json.gz"
+    target = build.parents[2] / "lifted" / project / f"{config}.json.gz"
     if is_current_lift(target):
         return str(target), -1, 0.0
     start = time.time()
@@ -204,9 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--projects", default=",".join(DEFAULT_PROJECTS))
     parser.add_argument("--configs", default=",".join(all_configs()),
                         help="compiler-arch-opt list, built in this order")
+    parser.add_argument("--suite", default=DEFAULT_SUITE,
+                        help="Debian suite of the sources (bookworm, trixie, sid, bullseye)")
     parser.add_argument("--skip-lift", action="store_true")
     args = parser.parse_args(argv)
     relabel_old_lifts()
+    builds = root_for(args.suite) / "builds"
 
     # angr keeps global state and grows: one worker process, recycled every few binaries.
     # Build and lift alternate (never two heavy processes at once).
@@ -216,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
             compiler, arch, opt = config.split("-")
             for name in args.projects.split(","):
                 project = BY_NAME[name]
-                out = build_one(project, fetch(project), compiler, arch, opt)
+                try:
+                    tree = fetch(project, args.suite)
+                except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+                    print(f"fetch {name}/{args.suite}: FAILED ({exc})", flush=True)
+                    continue
+                out = build_one(project, tree, compiler, arch, opt, builds)
                 if out is None:
                     print(f"build {name} {config}: FAILED", flush=True)
                     continue

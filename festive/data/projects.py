@@ -23,7 +23,10 @@ class Project:
     generated: dict[str, str] = field(default_factory=dict)
     # copies inside the generated dir: target name -> source path relative to tree
     copies: dict[str, str] = field(default_factory=dict)
-    split: str = "train"
+    split: str = "train"  # train | val | test | reference (reference corpus only)
+    # shell command run once in the unpacked tree before the first build (configure,
+    # amalgamation); its output files are then named in `sources`/`includes`
+    prepare: str = ""
 
 
 EXPAT_CONFIG = """
@@ -101,11 +104,77 @@ FLAC_CONFIG = """
 #define _FILE_OFFSET_BITS 64
 """
 
+# liblzma's config.h (what configure writes on glibc targets); the size of size_t comes
+# from the compiler so one file serves 32- and 64-bit targets.
+XZ_CONFIG = """
+#define HAVE_CHECK_CRC32 1
+#define HAVE_CHECK_CRC64 1
+#define HAVE_CHECK_SHA256 1
+#define HAVE_DECODERS 1
+#define HAVE_ENCODERS 1
+#define HAVE_DECODER_ARM 1
+#define HAVE_DECODER_ARM64 1
+#define HAVE_DECODER_ARMTHUMB 1
+#define HAVE_DECODER_DELTA 1
+#define HAVE_DECODER_IA64 1
+#define HAVE_DECODER_LZMA1 1
+#define HAVE_DECODER_LZMA2 1
+#define HAVE_DECODER_POWERPC 1
+#define HAVE_DECODER_SPARC 1
+#define HAVE_DECODER_X86 1
+#define HAVE_ENCODER_ARM 1
+#define HAVE_ENCODER_ARM64 1
+#define HAVE_ENCODER_ARMTHUMB 1
+#define HAVE_ENCODER_DELTA 1
+#define HAVE_ENCODER_IA64 1
+#define HAVE_ENCODER_LZMA1 1
+#define HAVE_ENCODER_LZMA2 1
+#define HAVE_ENCODER_POWERPC 1
+#define HAVE_ENCODER_SPARC 1
+#define HAVE_ENCODER_X86 1
+#define HAVE_MF_BT2 1
+#define HAVE_MF_BT3 1
+#define HAVE_MF_BT4 1
+#define HAVE_MF_HC3 1
+#define HAVE_MF_HC4 1
+#define HAVE_LZIP_DECODER 1
+#define HAVE_MICROLZMA 1
+#define HAVE_INTTYPES_H 1
+#define HAVE_STDBOOL_H 1
+#define HAVE_STDINT_H 1
+#define HAVE__BOOL 1
+#define HAVE_VISIBILITY 1
+#define HAVE_CLOCK_GETTIME 1
+#define HAVE_DECL_CLOCK_MONOTONIC 1
+#define HAVE_PTHREAD_CONDATTR_SETCLOCK 1
+#define MYTHREAD_POSIX 1
+#define TUKLIB_CPUCORES_SCHED_GETAFFINITY 1
+#define TUKLIB_PHYSMEM_SYSCONF 1
+#define TUKLIB_SYMBOL_PREFIX lzma_
+#define ASSUME_RAM 128
+#define PACKAGE_NAME "XZ Utils"
+#define PACKAGE_URL "https://tukaani.org/xz/"
+#define SIZEOF_SIZE_T __SIZEOF_SIZE_T__
+#define _GNU_SOURCE 1
+"""
+
+# freetype's library is one C file per module (the "single object" build)
+FREETYPE_SOURCES = tuple(f"src/{m}" for m in (
+    "base/ftsystem.c", "base/ftinit.c", "base/ftdebug.c", "base/ftbase.c", "base/ftbbox.c",
+    "base/ftbdf.c", "base/ftbitmap.c", "base/ftcid.c", "base/ftfstype.c", "base/ftgasp.c",
+    "base/ftglyph.c", "base/ftgxval.c", "base/ftmm.c", "base/ftotval.c", "base/ftpatent.c",
+    "base/ftpfr.c", "base/ftstroke.c", "base/ftsynth.c", "base/fttype1.c", "base/ftwinfnt.c",
+    "autofit/autofit.c", "bdf/bdf.c", "cff/cff.c", "cid/type1cid.c", "gzip/ftgzip.c",
+    "lzw/ftlzw.c", "pcf/pcf.c", "pfr/pfr.c", "psaux/psaux.c", "pshinter/pshinter.c",
+    "psnames/psnames.c", "raster/raster.c", "sfnt/sfnt.c", "smooth/smooth.c",
+    "truetype/truetype.c", "type1/type1.c", "type42/type42.c", "winfonts/winfnt.c"))
+
 PROJECTS: tuple[Project, ...] = (
     # --- test: never seen in training or model selection
     Project("zlib", ("*.c",), split="test", defines=("HAVE_UNISTD_H", "HAVE_STDARG_H")),
+    # HAVE_EXPAT_CONFIG_H: expat before 2.4 includes expat_config.h only when it is set
     Project("expat", ("expat/lib/xml*.c",), split="test", includes=("expat/lib",),
-            generated={"expat_config.h": EXPAT_CONFIG}),
+            defines=("HAVE_EXPAT_CONFIG_H",), generated={"expat_config.h": EXPAT_CONFIG}),
     Project("lz4", ("lib/*.c",), split="test", includes=("lib",)),
     Project("libyaml", ("src/*.c",), split="test", includes=("include", "src"),
             defines=("YAML_VERSION_MAJOR=0", "YAML_VERSION_MINOR=2", "YAML_VERSION_PATCH=5",
@@ -171,9 +240,55 @@ PROJECTS: tuple[Project, ...] = (
             copies={"config.h": "src/config.h.generic", "pcre2.h": "src/pcre2.h.generic",
                     "pcre2_chartables.c": "src/pcre2_chartables.c.dist"}),
     Project("xxhash", ("xxhash.c",), includes=(".",)),
+    # --- reference only: families of the reference corpus that no model trains on
+    # zlib.h/zconf.h come from the build machine's zlib1g-dev (headers only, any target)
+    Project("libpng1.6", ("png.c", "pngerror.c", "pngget.c", "pngmem.c", "pngpread.c",
+                          "pngread.c", "pngrio.c", "pngrtran.c", "pngrutil.c", "pngset.c",
+                          "pngtrans.c", "pngwio.c", "pngwrite.c", "pngwtran.c", "pngwutil.c"),
+            includes=(".",), defines=("PNG_ARM_NEON_OPT=0", "PNG_INTEL_SSE_OPT=0"),
+            copies={"pnglibconf.h": "scripts/pnglibconf.h.prebuilt",
+                    "zlib.h": "/usr/include/zlib.h", "zconf.h": "/usr/include/zconf.h"},
+            split="reference"),
+    Project("xz-utils", ("src/liblzma/*/*.c", "src/common/tuklib_cpucores.c",
+                         "src/common/tuklib_physmem.c"),
+            exclude=("src/liblzma/check/*tablegen.c", "src/liblzma/check/crc*_small.c",
+                     "src/liblzma/lzma/fastpos_tablegen.c",
+                     "src/liblzma/rangecoder/price_tablegen.c"),
+            includes=("src/liblzma/api", "src/liblzma/common", "src/liblzma/check",
+                      "src/liblzma/lz", "src/liblzma/lzma", "src/liblzma/rangecoder",
+                      "src/liblzma/delta", "src/liblzma/simple", "src/common"),
+            defines=("HAVE_CONFIG_H",), generated={"config.h": XZ_CONFIG},
+            split="reference"),
+    Project("freetype", FREETYPE_SOURCES, includes=("include",),
+            defines=("FT2_BUILD_LIBRARY",), split="reference"),
+    # the amalgamation (sqlite3.c) is generated by the source tree's own makefile (tclsh)
+    Project("sqlite3", ("sqlite3.c",), includes=(".",),
+            defines=("SQLITE_THREADSAFE=1", "SQLITE_ENABLE_FTS5", "SQLITE_ENABLE_JSON1",
+                     "SQLITE_ENABLE_RTREE", "SQLITE_OMIT_LOAD_EXTENSION"),
+            prepare="test -f sqlite3.c || { ./configure >/dev/null && make sqlite3.c >/dev/null; }",
+            split="reference"),
+    # config.h and xmlversion.h from configure (host values; the library's C is portable)
+    Project("libxml2", ("*.c",),
+            exclude=("run*.c", "test*.c", "xmllint.c", "xmlcatalog.c", "DOCBparser.c",
+                     "trio*.c"),
+            includes=(".", "include"), defines=("HAVE_CONFIG_H",),
+            prepare="test -f config.h || ./configure --without-python --without-zlib "
+                    "--without-lzma --without-icu >/dev/null",
+            split="reference"),
 )
 
 BY_NAME = {p.name: p for p in PROJECTS}
+
+# The family a match reports, where it differs from the Debian source package's name.
+FAMILY_NAMES = {"lua5.4": "lua", "lzo2": "lzo", "libzstd": "zstd", "xz-utils": "xz",
+                "libpng1.6": "libpng"}
+# Families whose library carries another family's code (copied or vendored): lz4 and
+# zstd build xxhash in; freetype's gzip module is zlib's inflate.
+EMBEDS = {"lz4": ["xxhash"], "zstd": ["xxhash"], "freetype": ["zlib"]}
+
+
+def family_of(project: str) -> str:
+    return FAMILY_NAMES.get(project, project)
 
 # Target triples and the GNU cross toolchain prefix for each architecture.
 ARCHES: dict[str, tuple[str, str]] = {
