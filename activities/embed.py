@@ -25,7 +25,7 @@ class Embed:
         results_sha = self.deps.blobs.put_json(results)
         return EmbedResult(
             results_sha256=results_sha,
-            model_version=str(results.get("model_version", "")),
+            model_version=str(results.get("analysis_version", "")),
             verdict=str(results.get("verdict", "")),
             device=str(results.get("device", "")),
         )

@@ -7,7 +7,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.deps import Deps
-from common.contracts import ExplainRequest, ExplainResult
+from common.contracts import MODEL_NAME, ExplainRequest, ExplainResult
 
 BEST_MATCHES_SHOWN = 10
 
@@ -31,21 +31,24 @@ def render_explanation(sha256: str, results: dict[str, Any]) -> str:
     families = _as_dict(results.get("families"))
     matches = _as_dict(results.get("matches"))
     children = _as_dict(results.get("children"))
-    model = f"{results.get('model', 'FESTIVE Func Sim')} {results.get('model_version', '')}"
+    model = f"{results.get('model', MODEL_NAME)} {results.get('model_version', '')}"
     lines = [f"# Attribution of `{sha256}`", ""]
     verdict = results.get("verdict", "unknown")
     considered = results.get("functions_considered", "0")
     total = results.get("functions_total", "0")
+    present = str(results.get("families_present", "")).split()
     if families and verdict != "unknown":
+        others = [f for f in present if f != verdict]
+        also = f"; also present: {', '.join(others)}" if others else ""
         lines.append(
-            f"**Verdict: {verdict}** (confidence {results.get('confidence', '?')}), "
+            f"**Verdict: {verdict}** (probability {results.get('confidence', '?')}{also}), "
             f"by {model.strip()}."
         )
     elif families:
         lines.append(
             f"**No known code family found** by {model.strip()}: a few functions resemble "
-            "reference functions (listed below), but no family has enough of them to be a "
-            "verdict. Treat them as weak evidence."
+            "reference functions (listed below), but no family has enough of them to be "
+            "judged present. Treat them as weak evidence."
         )
     else:
         lines.append(
@@ -61,12 +64,18 @@ def render_explanation(sha256: str, results: dict[str, Any]) -> str:
     ]
     if families:
         lines += ["", "## Families", "",
-                  "| family | matched functions | share of judged | mean similarity | best |",
-                  "|---|---:|---:|---:|---:|"]
-        ranked = sorted(families.items(), key=lambda kv: -int(kv[1].get("functions_matched", 0)))
+                  "Each family is judged on its own evidence: matches one-to-one with its "
+                  "reference functions, weighted by similarity and by how rare the code is "
+                  "across families.", "",
+                  "| family | status | probability | matched functions | share of judged "
+                  "| mean similarity | best |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        ranked = sorted(families.items(),
+                        key=lambda kv: -float(_as_dict(kv[1]).get("probability", 0) or 0))
         for name, info in ranked:
             lines.append(
-                f"| {name} | {info.get('functions_matched', '0')} | "
+                f"| {name} | {info.get('status', '')} | {info.get('probability', '')} | "
+                f"{info.get('functions_matched', '0')} | "
                 f"{info.get('share_of_considered', '')} | {info.get('mean_similarity', '')} | "
                 f"{info.get('best_similarity', '')} |"
             )

@@ -22,7 +22,7 @@ from api.state import ApiState, get_state
 from api.upload import receive_sample
 from common.config import API_VERSION
 from common.contracts import FAILURE, SUCCESS
-from festive.engine import MODEL_NAME, model_card
+from festive.card import MODEL_NAME, model_card
 from store.db import utcnow
 from store.models import Prediction
 
@@ -46,7 +46,7 @@ async def submit_sample(request: Request, state: State) -> dict[str, str]:
 
 async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: str) -> str | None:
     """Dedupe: done for this model version, or running, means nothing new starts."""
-    current = model_card()["version"]
+    current = model_card()["analysis_version"]
     row = await state.store.get_prediction(sha256, model)
     if row is not None and row.status == SUCCESS and row.model_version == current:
         return row.celery_task_id
@@ -138,7 +138,8 @@ async def queue_reanalysis(
     """Every stored sample without a current result, again (e.g. after a model update)."""
     client = await state.temporal()
     run_id = await pipeline.start_reanalysis(
-        client, state.settings, MODEL_NAME, model_card()["version"], include_failed, concurrency
+        client, state.settings, MODEL_NAME, model_card()["analysis_version"], include_failed,
+        concurrency,
     )
     return {"id": run_id}
 
@@ -227,6 +228,8 @@ async def get_versions(state: State) -> dict[str, Any]:
         "prediction-store": await _store_version(state),
         MODEL_NAME: {
             "version": str(card.get("version", "")),
+            "index_version": str(card.get("index_version", "")),
+            "analysis_version": str(card.get("analysis_version", "")),
             "engine": str(card.get("default_engine", "")),
             "weights_sha256": str(card.get("weights_sha256", "")),
             "reference_functions": str(card.get("reference_functions", "")),

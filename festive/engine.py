@@ -1,58 +1,32 @@
-"""The interface the pipeline calls: model card, engine loading, attribution.
+"""The interface the pipeline calls: a model, its reference index and the verdict.
 
-Importing this module is cheap (JSON only); numpy/torch load with the engine.
-Attribution follows Intezer-style code reuse: each considered function (>= 5 basic
-blocks, not runtime scaffolding) is matched to its most similar reference function;
-it counts for that family when the similarity passes the calibrated threshold for
-its size; the
-verdict is the family with most matched functions, if it has enough of them.
+    engine = load_engine()             # once per worker process
+    results = engine.attribute(children)
+
+A model turns lifted functions into vectors (festive.v1); the search and the verdict
+live in festive.attribution and know nothing of the model. Every leaf of the results
+is a string (the seed's prediction_results type); README.md documents each key.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-MODEL_NAME = "FESTIVE Func Sim"
-DEFAULT_ENGINE = "v1"  # the trained GNN; "v0" (TF-IDF baseline) stays loadable by name
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MAX_MATCHES = 500
+import numpy as np
+
+from festive.attribution.index import ReferenceIndex
+from festive.attribution.search import Searcher
+from festive.attribution.verdict import FamilyEvidence, ReferenceView, VerdictParams, capped, decide
+from festive.card import DEFAULT_ENGINE, MODEL_NAME, WEIGHTS_DIR, analysis_version, read_card
+from festive.features import is_considered
+
+MAX_MATCHES = 500  # evidence rows in the results
+MATCHES_PER_FAMILY = 25  # each listed family's best matches are always among them
+MIN_BLOCKS = 5
 
 _lock = threading.Lock()
-
-
-def _card_path(version: str) -> Path:
-    return WEIGHTS_DIR / version / "card.json"
-
-
-@cache
-def _read_card(version: str) -> dict[str, Any]:
-    path = _card_path(version)
-    if not path.exists():
-        raise FileNotFoundError(f"no FESTIVE weights for engine {version!r} at {path}")
-    return json.loads(path.read_text())
-
-
-def model_card(version: str | None = None) -> dict[str, Any]:
-    """Cheap description of the shipped model (reads card.json only)."""
-    engine = version or DEFAULT_ENGINE
-    card = _read_card(engine)
-    return {
-        "name": MODEL_NAME,
-        "version": card["version"],
-        "engine": engine,
-        "default_engine": DEFAULT_ENGINE,
-        "weights_sha256": card["weights_sha256"],
-        "reference_functions": int(card["reference_functions"]),
-        "reference_families": list(card["reference_families"]),
-        "architectures": list(card.get("architectures", [])),
-        "thresholds": dict(card["thresholds"]),
-        "packages": list(card.get("packages", [])),
-    }
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -60,67 +34,44 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 class Engine:
-    """FESTIVE v0 loaded in memory: vectoriser, reference index, thresholds."""
+    """Model + reference index + verdict parameters, loaded once."""
 
-    def __init__(self, version: str = DEFAULT_ENGINE):
-        from festive.v0 import ReferenceIndex, Searcher
+    def __init__(self, engine: str = DEFAULT_ENGINE):
+        if engine != "v1":
+            raise ValueError(f"unknown FESTIVE engine {engine!r} (installed: v1)")
+        from festive.v1.embed import Embedder  # torch: only when an engine is loaded
 
-        self._load_card(version)
-        self.index = ReferenceIndex.load(WEIGHTS_DIR / version / self.card["index_file"])
-        self.searcher = Searcher(self.index)
-        self.device = self.searcher.device
-
-    def _load_card(self, version: str) -> None:
-        """Name, version and calibrated thresholds from the engine's card.json."""
-        card = _read_card(version)
-        self.name = MODEL_NAME
-        self.engine = version
-        self.version = card["version"]
+        card = read_card(engine)
         self.card = card
-        t = card["thresholds"]
-        self.min_blocks = int(t["min_blocks"])
-        self.match_similarity = float(t["match_similarity"])
-        self.match_by_blocks = [(int(lo), float(sim)) for lo, sim in
-                                t.get("match_similarity_by_blocks", [[0, self.match_similarity]])]
-        self.min_family_matches = int(t["min_family_matches"])
-        self.min_family_share = float(t.get("min_family_share", 0.0))
-        trials = t.get("verdict_trials")  # absent in cards calibrated before the cap
-        self.max_confidence = 1.0 - 1.0 / (int(trials) + 2) if trials else 1.0
-        self.precision_table = [(float(lo), float(p)) for lo, p in card["precision_table"]]
+        self.engine = engine
+        self.version = card["version"]
+        self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"])
+        self.index = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
+        if self.index.meta.get("weights_sha256") != card["weights_sha256"]:
+            raise ValueError("the reference index was built with other weights: run make index")
+        self.index_version = self.index.version
+        self.params = VerdictParams.from_card(card["verdict"])
+        self.searcher = Searcher(self.index.vectors)
+        self.device = self.searcher.device
+        self.view = ReferenceView(self.index.row_family.astype(np.int64),
+                                  self.index.identities(), self.index.row_rarity,
+                                  len(self.index.families))
+        self._row_build = self.index.row_build()
 
-    def match_precision(self, similarity: float) -> float:
-        """P(family right | best similarity), from the calibration table (step function)."""
-        p = 0.0
-        for lo, precision in self.precision_table:
-            if similarity >= lo:
-                p = precision
-        return p
-
-    def threshold(self, blocks: int) -> float:
-        """Calibrated match similarity for a function of `blocks` basic blocks."""
-        value = self.match_by_blocks[0][1]
-        for lo, sim in self.match_by_blocks:
-            if blocks >= lo:
-                value = sim
-        return value
-
-    def required_matches(self, considered: int) -> int:
-        """Matches a family needs for a verdict: above what unrelated code produced."""
-        by_share = math.floor(self.min_family_share * considered) + 1
-        return max(self.min_family_matches, by_share)
+    def status_of(self, probability: float) -> str:
+        if probability >= self.params.present:
+            return "present"
+        return "weak" if probability >= self.params.weak else "trace"
 
     def attribute(self, children: list[dict[str, Any]]) -> dict[str, Any]:
-        """prediction_results for one sample; every leaf is a string."""
-        from festive.features import is_considered
-
-        idx = self.index
+        """prediction_results for one sample (the binaries found in it)."""
         considered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         children_out: dict[str, dict[str, str]] = {}
         total = 0
         for child in children:
             lift = child["lift"]
             funcs = lift.get("functions", [])
-            mine = [f for f in funcs if is_considered(f, self.min_blocks)]
+            mine = [f for f in funcs if is_considered(f, MIN_BLOCKS)]
             total += len(funcs)
             considered.extend((child, f) for f in mine)
             binary = lift.get("binary", {})
@@ -131,92 +82,105 @@ class Engine:
                 "functions": str(len(funcs)),
                 "functions_considered": str(len(mine)),
             }
-
+        blocks = np.asarray([len(f.get("blocks", [])) for _c, f in considered], np.int64)
         with _lock:  # one search at a time per process (shared device tensors)
-            hits = self.searcher.search(
-                idx.vectoriser.vectors([f for _c, f in considered])) if considered else []
+            if considered:
+                vectors = self.model.embed([f for _c, f in considered])
+                sims, rows = self.searcher.topk(vectors, self.params.top_k)
+            else:
+                sims = np.zeros((0, self.params.top_k), np.float32)
+                rows = np.zeros((0, self.params.top_k), np.int64)
+        decided = [e for e in decide(sims, rows, blocks, self.view, self.params)
+                   if e.probability >= self.params.weak]
+        present = [e for e in decided if e.probability >= self.params.present]
+        verdict = self.index.families[present[0].family] if present else "unknown"
+        confidence = capped(present[0].probability, self.params) if present else 0.0
+        matched_queries = {m.query for e in decided for m in e.matches}
+        return {
+            "model": MODEL_NAME,
+            "model_version": self.version,
+            "index_version": self.index_version,
+            "analysis_version": analysis_version(self.card),
+            "engine": self.engine,
+            "verdict": verdict,
+            "confidence": _fmt(confidence),
+            "families_present": " ".join(self.index.families[e.family] for e in present),
+            "families_weak": " ".join(self.index.families[e.family] for e in decided
+                                      if e.probability < self.params.present),
+            "functions_total": str(total),
+            "functions_considered": str(len(considered)),
+            "functions_matched": str(len(matched_queries)),
+            "families": {self.index.families[e.family]: self._family(e, considered)
+                         for e in decided},
+            "matches": self._matches(decided, considered, sims, rows),
+            "children": children_out,
+        }
 
-        matched = []
-        for (child, func), hit in zip(considered, hits, strict=True):
-            if hit.similarity >= self.threshold(len(func.get("blocks", []))):
-                matched.append((child, func, hit))
-        matched.sort(key=lambda m: -m[2].similarity)
+    def _key(self, child: dict[str, Any], func: dict[str, Any]) -> str:
+        return f"{child['sha256'][:12]}:{func['addr']}"
 
-        per_family: dict[int, list[Any]] = {}
-        for _child, _func, hit in matched:
-            per_family.setdefault(hit.family, []).append(hit)
-        families: dict[str, dict[str, str]] = {}
-        ranking = []
-        for fam, fam_hits in per_family.items():
-            sims = [h.similarity for h in fam_hits]
-            # Noisy-OR of calibrated per-match precisions: P(at least one match is right).
-            # Matches of one sample are not independent, so it is capped at what the
-            # calibration's held-out experiments could show (Laplace: 1 - 1/(n + 2)).
-            miss = 1.0
-            for s in sims:
-                miss *= 1.0 - self.match_precision(s)
-            confidence = min(1.0 - miss, self.max_confidence)
-            archs = sorted({idx.build_arch[int(idx.row_build[h.row])] for h in fam_hits})
-            families[idx.families[fam]] = {
-                "functions_matched": str(len(fam_hits)),
-                "share_of_considered": _fmt(len(fam_hits) / max(len(considered), 1), 3),
-                "mean_similarity": _fmt(sum(sims) / len(sims)),
-                "best_similarity": _fmt(max(sims)),
-                "confidence": _fmt(confidence),
-                "reference_builds": " ".join(archs),
-            }
-            ranking.append((len(fam_hits), confidence, idx.families[fam]))
-        ranking.sort(reverse=True)
+    def _family(self, e: FamilyEvidence, considered: list[Any]) -> dict[str, str]:
+        sims = [m.similarity for m in e.matches]
+        versions = sorted({self.index.build_version[int(self._row_build[m.row])]
+                           for m in e.matches})
+        archs = sorted({self.index.build_arch[int(b)] for m in e.matches
+                        for b in self.index.row_builds[m.row]})
+        best = [self._key(*considered[m.query]) for m in e.matches[:MATCHES_PER_FAMILY]]
+        return {
+            "status": self.status_of(e.probability),
+            "probability": _fmt(capped(e.probability, self.params)),
+            "score": _fmt(e.score, 2),
+            "functions_matched": str(len(e.matches)),
+            "share_of_considered": _fmt(len(e.matches) / max(len(considered), 1), 3),
+            "mean_similarity": _fmt(sum(sims) / len(sims)),
+            "best_similarity": _fmt(max(sims)),
+            "reference_versions": " ".join(versions),
+            "reference_builds": " ".join(archs),
+            "best_matches": " ".join(best),
+        }
 
-        verdict, confidence = "unknown", 0.0
-        needed = self.required_matches(len(considered))
-        if ranking and ranking[0][0] >= needed:
-            verdict, confidence = ranking[0][2], ranking[0][1]
-
-        matches: dict[str, dict[str, str]] = {}
-        for child, func, hit in matched[:MAX_MATCHES]:
-            key = f"{child['sha256'][:12]}:{func['addr']}"
-            runner = hit.runner_up_family >= 0 and math.isfinite(hit.runner_up_similarity)
-            matches[key] = {
+    def _matches(self, decided: list[FamilyEvidence], considered: list[Any],
+                 sims: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, str]]:
+        chosen = [m for e in decided for m in e.matches[:MATCHES_PER_FAMILY]]
+        rest = sorted((m for e in decided for m in e.matches[MATCHES_PER_FAMILY:]),
+                      key=lambda m: -m.similarity)
+        chosen = sorted(chosen, key=lambda m: -m.similarity)
+        chosen += rest[: max(0, MAX_MATCHES - len(chosen))]
+        out: dict[str, dict[str, str]] = {}
+        idx = self.index
+        for m in chosen:
+            child, func = considered[m.query]
+            family = int(idx.row_family[m.row])
+            runner, runner_sim = "", ""
+            for s, r in zip(sims[m.query], rows[m.query], strict=True):
+                if r >= 0 and int(idx.row_family[r]) != family:
+                    runner, runner_sim = idx.families[int(idx.row_family[r])], _fmt(float(s))
+                    break
+            build = int(self._row_build[m.row])
+            out[self._key(child, func)] = {
                 "child_sha256": child["sha256"],
                 "address": func["addr"],
                 "name": func.get("name") or "",
                 "blocks": str(len(func.get("blocks", []))),
-                "family": idx.families[hit.family],
-                "reference_function": idx.row_name[hit.row],
-                "reference_build": idx.builds[int(idx.row_build[hit.row])],
-                "similarity": _fmt(hit.similarity),
-                "runner_up_family": idx.families[hit.runner_up_family] if runner else "",
-                "runner_up_similarity": _fmt(hit.runner_up_similarity) if runner else "",
+                "family": idx.families[family],
+                "reference_function": idx.row_name[m.row],
+                "reference_build": idx.builds[build],
+                "reference_version": idx.build_version[build],
+                "similarity": _fmt(m.similarity),
+                "match_probability": _fmt(m.p),
+                "rarity": _fmt(float(idx.row_rarity[m.row]), 2),
+                "runner_up_family": runner,
+                "runner_up_similarity": runner_sim,
             }
-
-        return {
-            "model": MODEL_NAME,
-            "model_version": self.version,
-            "engine": self.engine,
-            "verdict": verdict,
-            "confidence": _fmt(confidence),
-            "functions_total": str(total),
-            "functions_considered": str(len(considered)),
-            "functions_matched": str(len(matched)),
-            "match_thresholds": " ".join(f">={lo}b:{sim:.2f}" for lo, sim in self.match_by_blocks),
-            "matches_required_for_verdict": str(needed),
-            "families": families,
-            "matches": matches,
-            "children": children_out,
-        }
+        return out
 
 
 @cache
-def _load(version: str) -> Engine:
-    if version == "v1":
-        from festive.v1.engine import EngineV1  # torch + v1 weights, only when used
-
-        return EngineV1(version)
-    return Engine(version)
+def _load(engine: str) -> Engine:
+    return Engine(engine)
 
 
-def load_engine(version: str | None = None) -> Engine:
-    """The process-wide engine for `version` (None = default), loaded once."""
+def load_engine(engine: str | None = None) -> Engine:
+    """The process-wide engine (None = the default), loaded once."""
     with _lock:
-        return _load(version or DEFAULT_ENGINE)
+        return _load(engine or DEFAULT_ENGINE)

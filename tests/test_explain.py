@@ -7,7 +7,8 @@ from activities.explain import render_explanation
 SHA = "ab" * 32
 
 
-def results(verdict: str, families: dict[str, dict[str, str]]) -> dict[str, object]:
+def results(verdict: str, families: dict[str, dict[str, str]],
+            present: str = "") -> dict[str, object]:
     matches = {
         f"abababababab:0x{i:x}": {
             "address": f"0x{i:x}", "name": "", "blocks": "12", "family": fam,
@@ -19,6 +20,7 @@ def results(verdict: str, families: dict[str, dict[str, str]]) -> dict[str, obje
     }
     return {
         "model": "FESTIVE Func Sim", "model_version": "0.1.0", "verdict": verdict,
+        "families_present": present,
         "confidence": "0.9000", "functions_total": "61", "functions_considered": "42",
         "functions_matched": str(len(matches)), "families": families, "matches": matches,
         "children": {SHA: {"name": "zpack", "format": "ELF", "arch": "AMD64",
@@ -28,12 +30,17 @@ def results(verdict: str, families: dict[str, dict[str, str]]) -> dict[str, obje
 
 
 def test_verdict_with_family_table_and_evidence() -> None:
-    text = render_explanation(SHA, results("zlib", {"zlib": {
-        "functions_matched": "3", "share_of_considered": "0.071", "mean_similarity": "0.95",
-        "best_similarity": "0.99"}}))
-    assert "**Verdict: zlib** (confidence 0.9000)" in text
-    assert "| zlib | 3 | 0.071 | 0.95 | 0.99 |" in text
-    assert "## Best matching functions (top 3 of 3)" in text
+    text = render_explanation(SHA, results("zlib", {
+        "zlib": {"status": "present", "probability": "0.9000", "functions_matched": "3",
+                 "share_of_considered": "0.071", "mean_similarity": "0.95",
+                 "best_similarity": "0.99"},
+        "expat": {"status": "present", "probability": "0.8000", "functions_matched": "2",
+                  "share_of_considered": "0.048", "mean_similarity": "0.91",
+                  "best_similarity": "0.93"}}, present="zlib expat"))
+    assert "**Verdict: zlib** (probability 0.9000; also present: expat)" in text
+    assert "| zlib | present | 0.9000 | 3 | 0.071 | 0.95 | 0.99 |" in text
+    assert text.index("| zlib |") < text.index("| expat |")
+    assert "## Best matching functions (top 5 of 5)" in text
     assert "61 functions were recovered in 1 binary; 42 are large enough" in text
     assert "`sample.zip/readme.txt`: not an executable" in text
 

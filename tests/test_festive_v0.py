@@ -1,4 +1,5 @@
-"""FESTIVE v0 on real binaries: gcc-compiled programs lifted by real angr, no mocks."""
+"""FESTIVE v0 (the evaluation baseline's TF-IDF features) on real binaries: gcc-compiled
+programs lifted by real angr, no mocks."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from festive.engine import MODEL_NAME, load_engine, model_card
 from festive.features import FeatureConfig, function_tokens, normalise_statement
+from festive.v0 import Vectoriser
 from lifting.angr_lift import lift_binary
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 
-LIBZ_A = Path("/usr/lib/x86_64-linux-gnu/libz.a")
 
 OWN_SOURCE = r"""
 #include <stdio.h>
@@ -75,23 +75,7 @@ int main(int argc, char **argv) {
 """
 OWN_FUNCTIONS = ("crc_table_free", "fnv_hash", "parse_record", "insertion_sort")
 
-ZLIB_PROGRAM = r"""
-#include <stdio.h>
-#include <string.h>
-#include <zlib.h>
-int main(int argc, char **argv) {
-    unsigned char in[4096], out[8192], back[4096];
-    memset(in, argc, sizeof in);
-    uLongf outlen = sizeof out, backlen = sizeof back;
-    if (compress2(out, &outlen, in, sizeof in, 9) != Z_OK) return 1;
-    if (uncompress(back, &backlen, out, outlen) != Z_OK) return 2;
-    gzFile f = gzopen(argc > 1 ? argv[1] : "/dev/null", "wb");
-    if (f) { gzwrite(f, in, sizeof in); gzclose(f); }
-    printf("%lu %lu %lu\n", (unsigned long)outlen, (unsigned long)backlen,
-           crc32(0, in, sizeof in));
-    return 0;
-}
-"""
+
 
 
 def _compile(tmp: Path, name: str, source: str, opt: str, libs: tuple[str, ...] = ()) -> Path:
@@ -145,7 +129,9 @@ def test_features_non_empty_and_normalised(own_lifts: dict[str, dict]) -> None:
 
 
 def test_vectors_are_l2_normalised_and_twins_rank_first(own_lifts: dict[str, dict]) -> None:
-    vectoriser = load_engine("v0").index.vectoriser
+    config = FeatureConfig()
+    every = [f for lift in own_lifts.values() for f in lift["functions"]]
+    vectoriser = Vectoriser.fit([function_tokens(f, config) for f in every], config, min_df=1)
     o0, o2 = _by_name(own_lifts["-O0"]), _by_name(own_lifts["-O2"])
     a = vectoriser.vectors([o0[n] for n in OWN_FUNCTIONS]).to_dense()
     b = vectoriser.vectors([o2[n] for n in OWN_FUNCTIONS]).to_dense()
@@ -159,54 +145,3 @@ def test_vectors_are_l2_normalised_and_twins_rank_first(own_lifts: dict[str, dic
     assert sum(ranked_first) >= 3, sims.round(3).tolist()
     off_diagonal = sims[~np.eye(len(OWN_FUNCTIONS), dtype=bool)]
     assert float(np.diag(sims).mean()) > 2 * float(off_diagonal.mean())
-
-
-def test_model_card_is_cheap_and_consistent() -> None:
-    card = model_card("v0")
-    assert card["name"] == MODEL_NAME and card["engine"] == "v0"
-    assert card["default_engine"] == "v1"  # v0 is the named baseline
-    assert "zlib" in card["reference_families"] and card["reference_functions"] > 1000
-    assert re.fullmatch(r"[0-9a-f]{64}", card["weights_sha256"])
-
-
-def _assert_all_string_leaves(value: object) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            assert isinstance(key, str)
-            _assert_all_string_leaves(item)
-    else:
-        assert isinstance(value, str), value
-
-
-@pytest.mark.skipif(not LIBZ_A.exists(), reason="zlib1g-dev not installed")
-def test_static_zlib_program_is_attributed_to_zlib(tmp_path: Path) -> None:
-    binary = _compile(tmp_path, "zprog", ZLIB_PROGRAM, "-O2", (str(LIBZ_A),))
-    child = {"sha256": "ab" * 32, "name": "zprog", "lift": lift_binary(str(binary))}
-    result = load_engine("v0").attribute([child])
-    _assert_all_string_leaves(result)
-    assert result["model"] == MODEL_NAME and result["engine"] == "v0"
-    assert result["verdict"] == "zlib", result["families"]
-    zlib = result["families"]["zlib"]
-    assert int(zlib["functions_matched"]) >= 30
-    # many matches, but no more certain than the calibration's held-out trials allow
-    engine = load_engine("v0")
-    assert 0.5 < float(result["confidence"]) <= round(engine.max_confidence, 4) < 1.0
-    assert int(result["functions_considered"]) <= int(result["functions_total"])
-    # Matched evidence points at real zlib functions, best first.
-    sims = [float(m["similarity"]) for m in result["matches"].values()]
-    assert sims == sorted(sims, reverse=True)
-    by_name = {m["name"]: m for m in result["matches"].values()}
-    assert by_name["deflate"]["reference_function"] == "deflate"
-    assert by_name["deflate"]["family"] == "zlib"
-
-
-def test_code_from_no_reference_family_is_unknown(own_lifts: dict[str, dict]) -> None:
-    children = [{"sha256": "cd" * 32, "name": "own-O2", "lift": own_lifts["-O2"]}]
-    gzip_bin = shutil.which("gzip")
-    if gzip_bin:  # GNU gzip: its own deflate, not zlib; must not be called zlib
-        children.append({"sha256": "ef" * 32, "name": "gzip", "lift": lift_binary(gzip_bin)})
-    result = load_engine("v0").attribute(children)
-    _assert_all_string_leaves(result)
-    assert result["verdict"] == "unknown", result["families"]
-    assert result["confidence"] == "0.0000"
-    assert set(result["children"]) == {c["sha256"] for c in children}

@@ -187,27 +187,3 @@ def test_bootstrap_ci_hand_made() -> None:
     assert mean == 0.5 and lo < 0.5 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # normal approximation
     assert bootstrap_ci(values, reps=500, seed=3) == bootstrap_ci(values, reps=500, seed=3)
-
-
-CARD = WEIGHTS.parent / "card.json"
-
-
-@pytest.mark.skipif(not (WEIGHTS.parent / "reference.npz").exists(), reason="no v1 index yet")
-def test_v1_engine_speaks_v0s_result_format(lifted: dict[str, dict[str, dict]]) -> None:
-    from festive.v1.engine import EngineV1
-
-    engine = EngineV1()
-    child = {"sha256": "ab" * 32, "name": "sample.so", "lift": lifted["O2"]["__lift__"]}
-    result = engine.attribute([child])
-    assert result["engine"] == "v1"
-    assert {"model", "model_version", "verdict", "confidence", "functions_total",
-            "functions_considered", "functions_matched", "families", "matches",
-            "children"} <= set(result)
-
-    def leaves(value: object) -> list[object]:
-        if isinstance(value, dict):
-            return [x for v in value.values() for x in leaves(v)]
-        return [value]
-
-    assert all(isinstance(x, str) for x in leaves(result))
-    assert int(result["functions_considered"]) >= 1

@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from common.config import Settings
 from common.contracts import MODEL_NAME, ReanalyzeRequest, ReanalyzeSummary, workflow_id
-from festive.engine import model_card
+from festive.card import model_card
 from tests.conftest import (
     api_client,
     compile_c,
@@ -52,7 +52,7 @@ async def test_model_update_reanalyses_every_sample(
     response = await own_api.post("/internal/queue/reanalysis")
     assert response.status_code == 200, response.text
     batch = client.get_workflow_handle(
-        f"reanalyze/{MODEL_NAME}/{model_card()['version']}", run_id=response.json()["id"],
+        f"reanalyze/{MODEL_NAME}/{model_card()['analysis_version']}", run_id=response.json()["id"],
         result_type=ReanalyzeSummary,
     )
     idle = await batch.result()

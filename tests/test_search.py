@@ -1,17 +1,22 @@
-"""The reference Searcher against a brute-force numpy search, for both index layouts.
+"""The reference Searcher against a brute-force numpy search, and its memory bound.
 
-v1 indexes hold dense unit rows (searched as a dense matrix), v0 indexes sparse TF-IDF
-rows (searched as CSR); both must give the same best match, family and runner-up as the
-plain definition: cosine = dot product of unit rows, best per family.
+Reference rows are stored dense (float32), quantised (int8 + a scale per row, what v1
+indexes ship) or sparse (CSR); the top-k rows and similarities must be those of the
+plain definition, cosine = dot product of the stored rows, in every layout and
+whatever the chunk size.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
-from festive.v0 import Csr, ReferenceIndex, Searcher
-from festive.v1.index import dense_to_csr
+from festive.attribution.csr import Csr
+from festive.attribution.search import Quantised, Searcher
 
 
 def unit_rows(m: np.ndarray) -> np.ndarray:
@@ -29,48 +34,83 @@ def sparse_csr(m: np.ndarray) -> Csr:
                np.asarray(data, np.float32), m.shape[1])
 
 
-def index_of(matrix: Csr, families: np.ndarray) -> ReferenceIndex:
-    n = matrix.n_rows
-    return ReferenceIndex(None, matrix, ["a", "b", "c", "d"], ["b0"], ["amd64"],  # type: ignore[arg-type]
-                          families.astype(np.int16), np.zeros(n, np.int16), [""] * n,
-                          np.zeros(n, np.int32))
-
-
-@pytest.mark.parametrize("layout", ["dense", "dense-as-csr", "sparse"])
-def test_searcher_matches_brute_force(layout: str) -> None:
+@pytest.mark.parametrize("layout", ["dense", "quantised", "sparse"])
+@pytest.mark.parametrize("chunk_rows", [64, 100_000])
+def test_topk_equals_brute_force(layout: str, chunk_rows: int) -> None:
     rng = np.random.default_rng(7)
-    ref = rng.standard_normal((300, 24))
+    ref = rng.standard_normal((500, 24))
     if layout == "sparse":
         ref[rng.random(ref.shape) < 0.7] = 0.0
         ref[:, 0] += 0.01  # no empty row
     ref = unit_rows(ref)
-    queries = unit_rows(ref[rng.integers(0, 300, 50)] + 0.3 * rng.standard_normal((50, 24)))
-    families = rng.integers(0, 4, 300)
-    matrix = sparse_csr(ref) if layout == "sparse" else dense_to_csr(ref)
-    assert (matrix.as_dense() is not None) == (layout != "sparse")
+    queries = unit_rows(ref[rng.integers(0, 500, 60)] + 0.3 * rng.standard_normal((60, 24)))
+    stored = {"dense": ref, "quantised": Quantised.of(ref), "sparse": sparse_csr(ref)}[layout]
+    plain = stored.rows(0, 500) if isinstance(stored, Quantised) else ref
+    searcher = Searcher(stored, device="cpu", chunk_rows=chunk_rows)
+    sims, rows = searcher.topk(queries if layout != "sparse" else sparse_csr(queries), k=10,
+                               batch=16)
 
-    searcher = Searcher(index_of(matrix, families), device="cpu",
-                        allow_dense=layout != "dense-as-csr")
-    assert searcher.dense == (layout == "dense")
-    hits = searcher.search(dense_to_csr(queries), batch=16)
+    brute = np.clip(queries @ plain.T, -1, 1)
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, expected, 1), atol=1e-5)
 
-    sims = np.clip(ref @ queries.T, -1, 1)
-    for k, hit in enumerate(hits):
-        assert hit.row == int(np.argmax(sims[:, k]))
-        assert hit.similarity == pytest.approx(sims[:, k].max(), abs=1e-5)
-        per_family = [sims[families == f, k].max() for f in range(4)]
-        order = np.argsort(per_family)[::-1]
-        assert hit.family == order[0]
-        assert hit.runner_up_family == order[1]
-        assert hit.runner_up_similarity == pytest.approx(per_family[order[1]], abs=1e-5)
+
+def test_quantised_rows_stay_close_to_the_originals() -> None:
+    rng = np.random.default_rng(1)
+    ref = unit_rows(rng.standard_normal((200, 128)))
+    q = Quantised.of(ref)
+    assert q.codes.dtype == np.int8
+    cos = np.sum(q.rows(0, 200) * ref, axis=1) / np.linalg.norm(q.rows(0, 200), axis=1)
+    assert cos.min() > 0.9999
 
 
 def test_hidden_rows_are_never_returned() -> None:
     rng = np.random.default_rng(3)
     ref = unit_rows(rng.standard_normal((40, 8)))
-    searcher = Searcher(index_of(dense_to_csr(ref), rng.integers(0, 4, 40)), device="cpu")
+    searcher = Searcher(ref, device="cpu", chunk_rows=16)
     hidden = np.zeros(40, bool)
     hidden[:20] = True
-    searcher.set_mask(hidden)
-    hits = searcher.search(dense_to_csr(ref[:20]))  # each query's exact twin is hidden
-    assert all(hit.row >= 20 for hit in hits)
+    searcher.set_hidden(hidden)
+    sims, rows = searcher.topk(ref[:20], k=5)  # each query's exact twin is hidden
+    assert (rows >= 20).all() and (sims < 0.999).all()
+    searcher.set_hidden(None)
+    _, rows = searcher.topk(ref[:20], k=1)
+    assert rows[:, 0].tolist() == list(range(20))
+    with pytest.raises(ValueError, match="shape"):
+        searcher.set_hidden(np.zeros(3, bool))
+
+
+def test_fewer_rows_than_k_pads_with_minus_one() -> None:
+    ref = unit_rows(np.eye(3, 4) + 0.1)
+    sims, rows = Searcher(ref, device="cpu").topk(ref, k=5)
+    assert (rows[:, 3:] == -1).all() and np.isneginf(sims[:, 3:]).all()
+    assert rows[:, 0].tolist() == [0, 1, 2]
+
+
+def test_memory_stays_bounded_on_a_large_index() -> None:
+    """3M int8 rows of 128 dims (384 MB) are searched in 64k-row chunks: the process
+    grows by far less than a float32 copy of the index (1.5 GB) would take."""
+    script = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from festive.attribution.search import Quantised, Searcher
+        rng = np.random.default_rng(0)
+        n, d = 3_000_000, 128
+        codes = rng.integers(-127, 128, size=(n, d), dtype=np.int8)
+        index = Quantised(codes, np.full(n, 1 / 127 / np.sqrt(d), np.float32))
+        searcher = Searcher(index, device="cpu", chunk_rows=65536)
+        queries = np.asarray(codes[[5, 2_999_999]], np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        searcher.topk(queries[:1], k=4)  # warm-up: torch's own buffers
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sims, rows = searcher.topk(queries, k=4)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert rows[:, 0].tolist() == [5, 2_999_999], rows
+        print((after - before) // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.strip().splitlines()[-1])
+    assert grown_mib < 300, f"search grew the process by {grown_mib} MiB"

@@ -1,11 +1,11 @@
-"""Build FESTIVE v0's shipped reference index: python -m festive.reference.build
+"""Fetch and lift Debian's own shared objects of the reference families:
+
+    python -m festive.reference.build [--arch amd64] [--family zlib]
 
 Stages (each cached, so a re-run only does what is missing):
   1. fetch  : apt-get download PKG:ARCH=VERSION, dpkg-deb -x   -> data/reference-cache/
-  2. lift   : one nice'd subprocess per shared object, with a timeout -> lift/*.json.gz;
-              the same for the held-out static builds (-dev .a linked whole, see
-              validation.py) -> validation/*.json.gz
-  3. index  : label functions from exported .dynsym names, fit v0, write festive/weights/v0/
+  2. lift   : one nice'd subprocess per shared object, with a timeout -> lift/*.json.gz
+festive.attribution.build then adds their exported functions to the reference index.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from lifting.angr_lift import is_current_lift
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / "data" / "reference-cache"
-DEFAULT_OUT = REPO / "festive" / "weights" / "v0"
 
 
 def lift_path(cache: Path, pkg: Package, arch: str, so: Path) -> Path:
@@ -100,24 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--arch", action="append", help="architecture (repeatable)")
     parser.add_argument("--family", action="append", help="only these families (repeatable)")
     parser.add_argument("--lift-timeout", type=int, default=1800, help="seconds per library")
-    parser.add_argument("--stage", choices=("lift", "index", "all"), default="all")
     args = parser.parse_args(argv)
-    archs = args.arch or list(ARCHITECTURES)
     args.cache.mkdir(parents=True, exist_ok=True)
-    if args.stage in ("lift", "all"):
-        fetch_and_lift(args.cache, archs, args.family, args.lift_timeout)
-        from festive.reference.validation import prepare
-
-        records = prepare(args.cache, lift_library, args.lift_timeout, args.family)
-        (args.cache / "validation-manifest.json").write_text(json.dumps(records, indent=1))
-    if args.stage in ("index", "all"):
-        from festive.reference.index import build_index
-
-        build_index(args.cache, args.out, archs, args.family)
+    fetch_and_lift(args.cache, args.arch or list(ARCHITECTURES), args.family, args.lift_timeout)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m festive.v1.card
 
 Reads the training log, the weights' sha256, the data manifest, the reference index
-part of card.json (festive.v1.index) and bench/festive_eval.json (festive.eval); no
+part of card.json (festive.attribution.build) and bench/festive_eval.json (festive.eval); no
 number is typed in by hand.
 """
 
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.contracts import MODEL_NAME
 from festive.v1.embed import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def assemble() -> dict[str, Any]:
     manifest = _read(ROOT / "festive" / "data" / "manifest.json")
     evaluation = _read(ROOT / "bench" / "festive_eval.json")
     card.update({
-        "name": "FESTIVE Func Sim",
+        "name": MODEL_NAME,
         "engine": "v1",
         "version": VERSION,
         "description": "GGSNN-style message passing over the CFG (hashed VEX-op/bigram/"
@@ -97,10 +98,13 @@ def markdown(card: dict[str, Any]) -> str:
                 cells.append(f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if v else "n/a")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines += ["", "Full report: `bench/festive_eval.md`.", ""]
-    th = card.get("thresholds")
-    if th:
-        lines += ["## Attribution thresholds (festive.reference.calibrate on v1 similarities)",
-                  "", f"```\n{json.dumps(th, indent=1)}\n```", ""]
+    calibration = card.get("calibration")
+    if calibration:
+        lines += ["## Verdict calibration (festive.attribution.calibrate)", "",
+                  f"Index version `{card.get('index_version')}`: "
+                  f"{card.get('reference_functions_before_merge')} reference functions, "
+                  f"{card.get('reference_functions')} rows after merging near-duplicates.",
+                  "", f"```\n{json.dumps(calibration, indent=1)}\n```", ""]
     return "\n".join(lines)
 
 
