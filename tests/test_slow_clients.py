@@ -71,7 +71,9 @@ def _ping(port: int) -> int:
     return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code
 
 
-def _trickle(sock: socket.socket, head: bytes, drip: bytes, port: int) -> tuple[bytes, int, list[int]]:
+def _trickle(
+    sock: socket.socket, head: bytes, drip: bytes, port: int
+) -> tuple[bytes, int, list[int]]:
     """Send `head`, then `drip` one byte at a time (~4 a second), pinging between bytes,
     until the server answers or closes. Returns (answer, bytes dripped, ping statuses)."""
     sock.sendall(head)
