@@ -7,21 +7,17 @@ until the slow ones are dropped. The limits are set low (2 s) to keep the test s
 
 from __future__ import annotations
 
-import os
 import select
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from common.contracts import MODEL_NAME
+from tests.live_api import live_api
 
-ROOT = Path(__file__).resolve().parent.parent
 INTERNAL_KEY = "slow-client-internal-key"
 MAX_CONNECTIONS = 6
 # How long a test keeps trickling before it gives up waiting to be dropped (a hang
@@ -29,42 +25,15 @@ MAX_CONNECTIONS = 6
 GIVE_UP_S = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = _free_port()
-    data = tmp_path_factory.mktemp("slow-clients")
-    env = {
-        **os.environ, "AE_DATA_DIR": str(data), "API_HOST": "127.0.0.1", "API_PORT": str(port),
-        "AE_AUTH": "enabled", "AE_API_KEYS": "slow-client-key",
-        "AE_INTERNAL_API_KEYS": INTERNAL_KEY, "TEMPORAL_ADDRESS": "127.0.0.1:1",
-        "AE_HEADER_TIMEOUT_S": "2", "AE_BODY_TIMEOUT_S": "2", "AE_BODY_MIN_RATE": "1000",
-        "AE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-    }
-    log = (data / "api.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "api.server"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                raise AssertionError(f"the API exited: {(data / 'api.log').read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.25)
-        else:
-            raise AssertionError("the API did not answer Ping")
+    with live_api(
+        tmp_path_factory.mktemp("slow-clients"), AE_AUTH="enabled",
+        AE_API_KEYS="slow-client-key", AE_INTERNAL_API_KEYS=INTERNAL_KEY,
+        AE_HEADER_TIMEOUT_S="2", AE_BODY_TIMEOUT_S="2", AE_BODY_MIN_RATE="1000",
+        AE_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+    ) as port:
         yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _ping(port: int) -> int:
