@@ -38,6 +38,8 @@ AUTH = {"Authorization": f"Bearer {INTERNAL_KEY}"}
 BODY_CAP = 1024 * 1024  # both JSON operations, lowered so that "large" is cheap to reach
 MODEL = quote(MODEL_NAME, safe="")
 MAX_EXAMPLES = 60
+# Hypothesis warns when it prints a 1 MiB example; that size is the point here.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 # --- the servers --------------------------------------------------------------------
 
