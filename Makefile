@@ -5,8 +5,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16
 
 .PHONY: up test lint venv test-deps index clean-data
 
-# System packages the tests build real binaries with (Debian names).
-TEST_DEBS := gcc clang lld zlib1g-dev
+# System packages the tests build real binaries with, and the browser that renders
+# /docs offline (Debian names).
+TEST_DEBS := gcc clang lld zlib1g-dev chromium
 
 venv: $(STAMP)
 

@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError
 
 from api import handlers as h
 from api.auth import check_settings, guard_for
+from api.docs import add_docs
 from api.schemas import (
     Check,
     CrystalBallVersion,
@@ -25,6 +27,7 @@ from api.schemas import (
     StatusResponse,
 )
 from api.state import ApiState
+from api.text import validation_errors
 from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
 from common.config import API_VERSION, Settings, load_settings
 from store.blobs import BlobStore
@@ -106,7 +109,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="REST API to interact with Function Similarity Models",
         license_info={"name": "AGPLv3", "identifier": "AGPL-3.0-only"},
         lifespan=lifespan,
+        # No redirect for a trailing slash (Starlette would build it from the Host
+        # header): an unknown path is a 404. /docs is served offline (api/docs.py).
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
     )
+    # The JSON operations read at most this many body bytes (413 above; the declared
+    # Content-Length is checked before reading). Submit Sample streams (api/upload.py).
+    body_limits = {
+        h.update_predictions: settings.max_predictions_body_bytes,
+        h.update_explanations: settings.max_explanation_body_bytes,
+    }
     for method, path, handler, summary, tag, description, model in ROUTES:
         # Keys (api/auth.py): Ping is open, /internal/ needs the internal key, the rest
         # an external (or internal) key.
@@ -120,8 +134,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Submit Sample reads its multipart body as a stream (api/upload.py).
             openapi_extra={"requestBody": UPLOAD_REQUEST_BODY} if handler is h.submit_sample
             else None,
+            max_body_size=body_limits.get(handler),
         )
     _document_upload_schema(app)
+    add_docs(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422, with pydantic's errors made safe to serialise (api/text.py): the default
+        handler echoes the input, and a NaN or lone surrogate there made it a 500."""
+        return JSONResponse(status_code=422, content={"detail": validation_errors(exc.errors())})
 
     @app.exception_handler(RPCError)
     async def temporal_unavailable(_request: Request, exc: RPCError) -> JSONResponse:

@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import pipeline
 from api.schemas import (
@@ -19,6 +20,7 @@ from api.schemas import (
     TaskId,
 )
 from api.state import ApiState, get_state
+from api.text import Text, serialisable
 from api.upload import receive_sample
 from common.config import API_VERSION
 from common.contracts import FAILURE, SUCCESS
@@ -72,7 +74,7 @@ async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
         if row is None and run is None:
             continue
         status[model.value] = pipeline.celery_status(row, run)
-        detailed[model.value] = await pipeline.detailed_status(row, run)
+        detailed[model.value] = serialisable(await pipeline.detailed_status(row, run))
     return {"status": status, "detailed_status": detailed}
 
 
@@ -107,7 +109,20 @@ async def _cancel_running(state: ApiState, sha256: str, model: str) -> str:
             409, f"prediction task [{run.run_id}] is not running "
             f"({run.description.status.name if run.description.status else 'unknown'})"
         )
-    await pipeline.cancel_run(client, model, sha256, run.run_id)
+    # Many revokes of one run may race here (in several API processes): the database
+    # lets exactly one claim it; the others answer 409 like any revoke of a run that is
+    # no longer running.
+    if not await state.store.claim_revocation(run.run_id, sha256, model):
+        raise HTTPException(409, f"prediction task [{run.run_id}] is already being revoked")
+    try:
+        await pipeline.cancel_run(client, model, sha256, run.run_id)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # it ended since describe()
+            raise HTTPException(
+                409, f"prediction task [{run.run_id}] is not running (it has ended)"
+            ) from err
+        await state.store.release_revocation(run.run_id)
+        raise
     return run.run_id
 
 
@@ -166,7 +181,7 @@ async def read_prediction_info(state: State, sha256_hash: Sha256Hash) -> list[Pr
         raise HTTPException(404, f"no predictions for {sha256_hash.lower()}")
     return [
         PredictionInfoOut(
-            model=r.model, error_details=r.error_details, sha256_hash=r.sha256_hash,
+            model=r.model, error_details=serialisable(r.error_details), sha256_hash=r.sha256_hash,
             predicted_at=r.predicted_at, celery_task_id=r.celery_task_id,
         )
         for r in rows
@@ -187,7 +202,7 @@ async def update_celery_task_id(
 
 async def update_predictions(
     state: State, sha256_hash: Sha256Hash, model: ModelNameParam, body: PredictionUpdate,
-    error_details: Annotated[str | None, Query(title="Error")] = None,
+    error_details: Annotated[Text | None, Query(title="Error")] = None,
 ) -> None:
     await _update(
         state, sha256_hash, model, prediction_results=body.prediction_results,
@@ -198,7 +213,7 @@ async def update_predictions(
 
 async def update_explanations(
     state: State, sha256_hash: Sha256Hash, model: ModelNameParam, body: ExplanationUpdate,
-    error_details: Annotated[str | None, Query(title="Error")] = None,
+    error_details: Annotated[Text | None, Query(title="Error")] = None,
 ) -> None:
     fields: dict[str, Any] = {"explanation_results": body.explanation_results}
     if error_details is not None:
@@ -274,8 +289,11 @@ def _no_prediction(sha256_hash: str, model: ModelName) -> HTTPException:
 
 
 def _prediction_out(row: Prediction) -> PredictionOut:
+    """A stored row as answered; `serialisable` so that no stored value breaks a read."""
     return PredictionOut(
-        model=row.model, error_details=row.error_details, sha256_hash=row.sha256_hash,
-        predicted_at=row.predicted_at, celery_task_id=row.celery_task_id,
-        prediction_results=row.prediction_results, explanation_results=row.explanation_results,
+        model=row.model, error_details=serialisable(row.error_details),
+        sha256_hash=row.sha256_hash, predicted_at=row.predicted_at,
+        celery_task_id=row.celery_task_id,
+        prediction_results=serialisable(row.prediction_results),
+        explanation_results=serialisable(row.explanation_results),
     )

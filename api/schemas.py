@@ -10,6 +10,7 @@ from uuid import UUID
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.text import Text
 from common.contracts import MODEL_NAME
 
 SHA256_EXAMPLE = "b8af48fc5dc8371d6b00b16029e9ab9027e2da86fa6d8dbda181df464226a3a8"
@@ -32,6 +33,8 @@ TaskId = Annotated[UUID, Path(title="Task ID", examples=[TASK_ID_EXAMPLE])]
 
 # dict[str, str | dict[str, dict[str, str]]]: the seed's type; keys in the README.
 PredictionResults = dict[str, str | dict[str, dict[str, str]]]
+# The same shape in a request: every key and leaf is storable text (api/text.py).
+PredictionResultsIn = dict[Text, Text | dict[Text, dict[Text, Text]]]
 
 
 class Check(BaseModel):
@@ -84,11 +87,11 @@ class PredictionInfoOut(BaseModel):
 
 
 class PredictionUpdate(BaseModel):
-    prediction_results: PredictionResults | None = Field(default=None, title="Prediction")
+    prediction_results: PredictionResultsIn | None = Field(default=None, title="Prediction")
 
 
 class ExplanationUpdate(BaseModel):
-    explanation_results: str | None = Field(default=None, title="Explanation")
+    explanation_results: Text | None = Field(default=None, title="Explanation")
 
 
 class CrystalBallVersion(BaseModel):

@@ -44,6 +44,21 @@ class Settings:
     graceful_shutdown_s: int = field(
         default_factory=lambda: _env_int("AE_GRACEFUL_SHUTDOWN_S", 10)
     )
+    # Request bodies of the JSON operations (413 above): Update Predictions, Update
+    # Explanations. Submit Sample's cap is max_upload_bytes.
+    max_predictions_body_bytes: int = field(
+        default_factory=lambda: _env_int("AE_MAX_PREDICTIONS_BODY_BYTES", 16 * 1024 * 1024)
+    )
+    max_explanation_body_bytes: int = field(
+        default_factory=lambda: _env_int("AE_MAX_EXPLANATION_BODY_BYTES", 4 * 1024 * 1024)
+    )
+    # Slow clients (api/server.py): the request line and headers must arrive within
+    # header_timeout_s; a body gets body_timeout_s plus one second per body_min_rate
+    # bytes received; at most max_connections connections are served at once (503 above).
+    header_timeout_s: int = field(default_factory=lambda: _env_int("AE_HEADER_TIMEOUT_S", 10))
+    body_timeout_s: int = field(default_factory=lambda: _env_int("AE_BODY_TIMEOUT_S", 30))
+    body_min_rate: int = field(default_factory=lambda: _env_int("AE_BODY_MIN_RATE", 1024))
+    max_connections: int = field(default_factory=lambda: _env_int("AE_MAX_CONNECTIONS", 512))
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
     api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"))

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from common.contracts import FAILURE, PENDING, SUCCESS
-from store.models import SCHEMA_VERSION, Base, Prediction, Sample, StoreInfo
+from store.models import SCHEMA_VERSION, Base, Prediction, Revocation, Sample, StoreInfo
 
 
 def utcnow() -> datetime:
@@ -206,6 +206,25 @@ class PredictionStore:
                 setattr(row, name, value)
             row.updated_at = utcnow()
             return True
+
+    # --- revocations ------------------------------------------------------------------
+    async def claim_revocation(self, run_id: str, sha256: str, model: str) -> bool:
+        """True for the one caller that records the revoke of this run first; False for
+        every other (the primary key decides, in whichever process they run)."""
+        try:
+            async with self.session.begin() as session:
+                session.add(Revocation(run_id=run_id, sha256_hash=sha256, model=model,
+                                       requested_at=utcnow()))
+        except IntegrityError:
+            return False
+        return True
+
+    async def release_revocation(self, run_id: str) -> None:
+        """Forget a claim whose cancellation did not reach Temporal, so it can be retried."""
+        async with self.session.begin() as session:
+            row = await session.get(Revocation, run_id)
+            if row is not None:
+                await session.delete(row)
 
     async def delete_prediction(self, sha256: str, model: str) -> bool:
         async with self.session.begin() as session:

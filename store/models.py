@@ -42,6 +42,18 @@ class Prediction(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class Revocation(Base):
+    """One row per workflow run a revoke was accepted for: the insert is the claim that
+    only one revoke request (across every API process) wins."""
+
+    __tablename__ = "revocations"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256_hash: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class StoreInfo(Base):
     """One row naming the schema version, so Get Versions can report the store's."""
 

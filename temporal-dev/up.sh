@@ -6,9 +6,16 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 export AE_DATA_DIR=${AE_DATA_DIR:-$PWD/data}
-TEMPORAL_IP=${TEMPORAL_IP:-127.0.0.1}
+# The dev server has no authentication: its gRPC port, its HTTP API and its Web UI stay
+# on loopback (README, Security: what a real deployment must add).
+TEMPORAL_IP=127.0.0.1
 TEMPORAL_PORT=${TEMPORAL_PORT:-7233}
 TEMPORAL_UI_PORT=${TEMPORAL_UI_PORT:-8233}
+# The Web UI is served through temporal-dev/ui_guard.py: loopback Host names only, and
+# read-only unless AE_TEMPORAL_UI_WRITES=enabled. The UI itself listens on a free
+# loopback port that only the guard uses.
+AE_TEMPORAL_UI_WRITES=${AE_TEMPORAL_UI_WRITES:-disabled}
+TEMPORAL_UI_INNER_PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 API_HOST=${API_HOST:-127.0.0.1}
 API_PORT=${API_PORT:-8000}
 export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-$TEMPORAL_IP:$TEMPORAL_PORT}
@@ -50,7 +57,8 @@ wait_for_port() {  # host port name
 }
 
 "$VENV/bin/temporal" server start-dev \
-  --ip "$TEMPORAL_IP" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
+  --ip "$TEMPORAL_IP" --ui-ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_INNER_PORT" \
+  --ui-disable-news-fetch \
   --db-filename "$AE_DATA_DIR/temporal.db" \
   --search-attribute Sha256=Keyword --search-attribute ModelName=Keyword \
   --search-attribute Stage=Keyword \
@@ -58,15 +66,24 @@ wait_for_port() {  # host port name
 pids+=($!)
 wait_for_port "$TEMPORAL_IP" "$TEMPORAL_PORT" "Temporal"
 
+UI_WRITES_FLAG=()
+[[ "$AE_TEMPORAL_UI_WRITES" == enabled ]] && UI_WRITES_FLAG=(--allow-writes)
+"$VENV/bin/python" temporal-dev/ui_guard.py --port "$TEMPORAL_UI_PORT" \
+  --upstream "127.0.0.1:$TEMPORAL_UI_INNER_PORT" "${UI_WRITES_FLAG[@]}" \
+  >"$AE_DATA_DIR/logs/temporal-ui-guard.log" 2>&1 &
+pids+=($!)
+
 for role in orchestration cpu gpu; do
   "$VENV/bin/python" -m worker --role "$role" >"$AE_DATA_DIR/logs/worker-$role.log" 2>&1 &
   pids+=($!)
 done
 
-"$VENV/bin/uvicorn" --factory api.app:create_app --host "$API_HOST" --port "$API_PORT" \
+# api/server.py: uvicorn with time limits for slow clients and a connection cap.
+API_HOST="$API_HOST" API_PORT="$API_PORT" "$VENV/bin/python" -m api.server \
   >"$AE_DATA_DIR/logs/api.log" 2>&1 &
 pids+=($!)
 wait_for_port "$API_HOST" "$API_PORT" "The API"
+wait_for_port 127.0.0.1 "$TEMPORAL_UI_PORT" "The Temporal UI guard"
 
 if [[ "$AE_AUTH" == disabled ]]; then
   AUTH_MSG="  WARNING: AE_AUTH=disabled: every operation is open to anyone who can reach the API.
@@ -83,7 +100,7 @@ cat <<MSG
 
 Attribution Engine is up.
   API:              http://$API_HOST:$API_PORT   (docs: http://$API_HOST:$API_PORT/docs)
-  Temporal Web UI:  http://$TEMPORAL_IP:$TEMPORAL_UI_PORT
+  Temporal Web UI:  http://$TEMPORAL_IP:$TEMPORAL_UI_PORT   (write actions: $AE_TEMPORAL_UI_WRITES)
   Temporal gRPC:    $TEMPORAL_ADDRESS
   data and logs:    $AE_DATA_DIR
 $AUTH_MSG
