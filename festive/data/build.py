@@ -19,6 +19,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,29 @@ BUILDS = ROOT / "builds"
 LIFTED = ROOT / "lifted"
 
 
+def _unpack_orig(name: str, src: Path) -> Path | None:
+    """The newest upstream tarball (NAME_VERSION.orig.tar.*) that apt-get fetched when the
+    .dsc itself was missing from the pool: the same upstream code, without Debian's
+    patches. Unpacked to NAME-VERSION; None if there is none."""
+    tarballs = sorted(src.glob(f"{name}_*.orig.tar.*"),
+                      key=lambda p: [int(x) if x.isdigit() else x
+                                     for x in re.split(r"(\d+)", p.name)])
+    tarballs = [t for t in tarballs if not t.name.endswith(".asc")]
+    if not tarballs:
+        return None
+    version = tarballs[-1].name.removeprefix(f"{name}_").split(".orig.tar")[0]
+    tree = src / f"{name}-{version}"
+    scratch = src / f".unpack-{name}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    subprocess.run(["tar", "-xf", str(tarballs[-1]), "-C", str(scratch)], check=True)
+    entries = list(scratch.iterdir())
+    os.replace(entries[0] if len(entries) == 1 and entries[0].is_dir() else scratch, tree)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"fetch {name}: unpacked {tarballs[-1].name} (no .dsc in the pool)", flush=True)
+    return tree
+
+
 def fetch(project: Project, suite: str = DEFAULT_SUITE) -> Path:
     """apt-get source NAME/SUITE (needs a deb-src entry); returns the unpacked tree."""
     src = root_for(suite) / "src"
@@ -59,6 +83,8 @@ def fetch(project: Project, suite: str = DEFAULT_SUITE) -> Path:
         found = sorted(p for p in src.glob(f"{project.name}-*") if p.is_dir())
         if result.returncode != 0 and not found:
             print(f"fetch {project.name}/{candidate}: FAILED", flush=True)
+    if not found:
+        found = [tree] if (tree := _unpack_orig(project.name, src)) else []
     if not found:
         raise FileNotFoundError(f"no source of {project.name} in {suite}")
     tree = found[0]

@@ -44,10 +44,12 @@ class Fn:
     addr: str
     blocks: int
     data: Any
+    version: str = ""  # upstream version, set where several versions are loaded (XV)
 
     @property
     def build(self) -> str:
-        return f"{self.compiler}-{self.arch}-{self.opt}"
+        config = f"{self.compiler}-{self.arch}-{self.opt}"
+        return f"{config}@{self.version}" if self.version else config
 
     @property
     def identity(self) -> str:

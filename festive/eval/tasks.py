@@ -5,6 +5,8 @@ XC: same architecture and optimisation level, different compiler.
 XA: same compiler and level, different architecture of the same bitness.
 XB: same compiler and level, different bitness (32 vs 64 bit).
 XM: any two different builds; negatives from any build.
+XV: same compiler, architecture and level, another upstream version of the project.
+XVM: another upstream version and another compiler, architecture or level.
 For XO..XB the negatives come from the positive's build configuration (across all
 projects of the split), so a method cannot win by recognising the configuration.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from festive.data.corpus import Fn
 
 TASKS = ("XO", "XC", "XA", "XB", "XM")
+VERSION_TASKS = ("XV", "XVM")
 BITS = {"x86_64": 64, "aarch64": 64, "i686": 32, "armhf": 32, "mipsel": 32}
 
 
@@ -34,6 +37,10 @@ def pair_ok(task: str, a: Fn, b: Fn) -> bool:
         return same_c and same_o and BITS[a.arch] != BITS[b.arch]
     if task == "XM":
         return a.build != b.build
+    if task == "XV":
+        return same_c and same_a and same_o and a.version != b.version
+    if task == "XVM":
+        return a.version != b.version and not (same_c and same_a and same_o)
     raise ValueError(task)
 
 
