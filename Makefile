@@ -3,11 +3,11 @@ VENV   ?= .venv
 PY312  := $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: up test lint venv test-deps index clean-data
+.PHONY: up test lint venv test-deps apt-sources index clean-data
 
 # System packages the tests build real binaries with, and the browser that renders
 # /docs offline (Debian names).
-TEST_DEBS := gcc clang lld zlib1g-dev chromium
+TEST_DEBS := gcc clang lld zlib1g-dev chromium dpkg-dev
 
 venv: $(STAMP)
 
@@ -24,7 +24,18 @@ up: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test-deps:
+# deb-src entries for the Debian suites whose sources the tests and the reference build
+# compile (apt-get source NAME/SUITE); the suites' binary packages stay out of reach.
+APT_SRC := /etc/apt/sources.list.d/attribution-engine-src.sources
+
+apt-sources:
+	@if ! apt-get source --print-uris -q zlib/bullseye >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bullseye bookworm trixie sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    | $$SUDO tee $(APT_SRC) >/dev/null && $$SUDO apt-get update -q; \
+	fi
+
+test-deps: apt-sources
 	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \
@@ -35,14 +46,19 @@ test-deps:
 test: venv test-deps lint
 	$(VENV)/bin/python -m pytest -q -ra
 
-# Rebuild the shipped reference indexes (v0 and v1) from Debian packages: ~25 min of
-# angr here, needs root for dpkg/apt (see festive/reference/README.md). Cached lifts of
-# an older lift format are lifted again. `--stage index` refits only v0's index.
-index: venv
-	dpkg --add-architecture arm64 && dpkg --add-architecture i386 && dpkg --add-architecture armhf
-	-apt-get update
-	nice -n 10 $(VENV)/bin/python -m festive.reference.build
-	nice -n 10 $(VENV)/bin/python -m festive.v1.index
+# Rebuild the shipped reference index (festive/weights/v1/reference.npz + card.json):
+# every family of festive/data/projects.py compiled from Debian sources (bookworm's and
+# sid's versions, see REFERENCE_BUILDS in festive/attribution/build.py) with gcc, clang
+# and the aarch64 cross compiler, stripped, lifted by angr, labelled from the -g twin;
+# then embedded, calibrated, merged and quantised. Hours of angr on 2 cores from
+# nothing; every step is cached under data/ and resumes. Needs root (apt-get) and
+# deb-src entries for bookworm and sid (and trixie, the fallback).
+REF_DEBS := clang lld gcc-aarch64-linux-gnu libc6-dev-arm64-cross tcl dpkg-dev
+
+index: venv apt-sources
+	@missing=$$(for p in $(REF_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+	nice -n 10 $(VENV)/bin/python -m festive.attribution.build --lift
 
 clean-data:
 	rm -rf data

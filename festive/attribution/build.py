@@ -1,6 +1,9 @@
 """Build a model's reference index: embed, calibrate, merge near-duplicates, quantise.
 
-    nice -n 10 python -m festive.attribution.build [--configs gcc-x86_64-O2,...]
+    nice -n 10 python -m festive.attribution.build [--lift] [--no-debian]
+
+--lift first compiles and lifts whatever reference builds are missing (festive.data.build:
+apt-get source, the cross compilers, angr; hours on 2 cores from nothing).
 
 Sources of reference rows (each function labelled, stripped copies lifted):
 - libraries compiled from Debian source packages by festive.data.build, every
@@ -29,14 +32,16 @@ from festive.attribution.calibrate import Rows, calibrate
 from festive.attribution.index import ReferenceIndex
 from festive.attribution.search import Quantised
 from festive.card import WEIGHTS_DIR
-from festive.data.build import DATA
+from festive.data.build import DATA, root_for
 from festive.data.corpus import filtered_functions, read_lift
 from festive.data.projects import EMBEDS, PROJECTS, family_of
 
-# The toolchains of the reference; samples built otherwise are what it must recognise.
-REFERENCE_CONFIGS = ("gcc-x86_64-O2", "gcc-aarch64-O2", "clang-x86_64-O2", "gcc-i686-O2",
-                     "gcc-armhf-O2", "clang-aarch64-Os")
-SOURCE_ROOTS = ("festive", "festive-sid")
+# Suites (upstream versions) and toolchains of the reference: samples built otherwise
+# are what it must recognise. Every project of festive.data.projects is a family.
+REFERENCE_BUILDS: dict[str, tuple[str, ...]] = {
+    "bookworm": ("gcc-x86_64-O2", "clang-x86_64-O2", "gcc-aarch64-O2"),
+    "sid": ("gcc-x86_64-O2", "clang-x86_64-O2"),
+}
 MERGE_SIMILARITY = 0.985  # one function's rows this alike across builds become one row
 INDEX_FILE = "reference.npz"
 
@@ -57,9 +62,18 @@ def source_version(root: Path, project: str) -> str:
     return trees[0].removeprefix(f"{project}-") if trees else "unknown"
 
 
-def source_builds(configs: tuple[str, ...], roots: tuple[str, ...]) -> Iterator[Build]:
-    for root_name in roots:
-        root = DATA / root_name
+def lift_missing() -> None:
+    """Compile and lift the reference builds that are not in data/ yet."""
+    from festive.data.build import main as data_build
+
+    projects = ",".join(p.name for p in PROJECTS)
+    for suite, configs in REFERENCE_BUILDS.items():
+        data_build(["--suite", suite, "--projects", projects, "--configs", ",".join(configs)])
+
+
+def source_builds(builds: dict[str, tuple[str, ...]]) -> Iterator[Build]:
+    for suite, configs in builds.items():
+        root = root_for(suite)
         for project in PROJECTS:
             version = source_version(root, project.name)
             for config in configs:
@@ -137,7 +151,7 @@ def merge(rows: Rows, rarity: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]
     return order, [np.asarray(sorted(set(members[int(i)])), np.int32) for i in order]
 
 
-def build(engine: str, configs: tuple[str, ...], include_debian: bool, seed: int,
+def build(engine: str, builds: dict[str, tuple[str, ...]], include_debian: bool, seed: int,
           log: Any = print) -> dict[str, Any]:
     from festive.v1.embed import Embedder
 
@@ -146,7 +160,7 @@ def build(engine: str, configs: tuple[str, ...], include_debian: bool, seed: int
     card_path = out / "card.json"
     card = json.loads(card_path.read_text())
     embedder = Embedder(out / card["weights_file"])
-    sources: list[Iterator[Build]] = [source_builds(configs, SOURCE_ROOTS)]
+    sources: list[Iterator[Build]] = [source_builds(builds)]
     if include_debian:
         sources.append(debian_builds(DATA / "reference-cache"))
     rows, listing = collect((b for src in sources for b in src), embedder.embed, log)
@@ -161,7 +175,8 @@ def build(engine: str, configs: tuple[str, ...], include_debian: bool, seed: int
         [b["version"] for b in listing], rows.family[keep].astype(np.int16), row_builds,
         [rows.name[i] for i in keep], rows.blocks[keep].astype(np.int32), rarity[keep],
         meta={"engine": engine, "weights_sha256": card["weights_sha256"],
-              "configs": list(configs), "merge_similarity": MERGE_SIMILARITY})
+              "builds": {k: list(v) for k, v in builds.items()},
+              "merge_similarity": MERGE_SIMILARITY})
     path = out / INDEX_FILE
     version = index.save(path)
     archs = sorted({b["arch"] for b in listing})
@@ -198,12 +213,15 @@ def build(engine: str, configs: tuple[str, ...], include_debian: bool, seed: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", default="v1")
-    parser.add_argument("--configs", default=",".join(REFERENCE_CONFIGS))
+    parser.add_argument("--lift", action="store_true",
+                        help="first compile and lift the reference builds that are missing")
     parser.add_argument("--no-debian", action="store_true",
                         help="leave out Debian's own shared objects (data/reference-cache)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    build(args.engine, tuple(args.configs.split(",")), not args.no_debian, args.seed)
+    if args.lift:
+        lift_missing()
+    build(args.engine, REFERENCE_BUILDS, not args.no_debian, args.seed)
 
 
 if __name__ == "__main__":
