@@ -222,7 +222,9 @@ PROJECTS: tuple[Project, ...] = (
     # float build, no SIMD/intrinsics (their dirs are not globbed)
     Project("opus", ("celt/*.c", "silk/*.c", "silk/float/*.c", "src/*.c"),
             exclude=("celt/opus_custom_demo.c", "src/opus_demo.c", "src/opus_compare.c",
-                     "src/repacketizer_demo.c"),
+                     "src/repacketizer_demo.c",
+                     # 1.6: a comparison program and the FFT only it uses
+                     "src/qext_compare.c", "celt/mini_kfft.c"),
             includes=("include", "celt", "silk", "silk/float"),
             defines=("OPUS_BUILD", "USE_ALLOCA", "HAVE_LRINTF", "HAVE_LRINT")),
     # libzstd, mbedtls: ~60 s / ~30 s compile+lift per config (gcc-x86_64-O2)
