@@ -13,6 +13,8 @@ from temporalio import activity
 from activities.deps import Deps
 from activities.heartbeat import in_thread_with_heartbeat
 from common.contracts import EmbedRequest, EmbedResult
+from festive.user_references import ActiveReference, ReferenceSet
+from store.blobs import BlobStore
 
 
 class Embed:
@@ -40,12 +42,20 @@ class Embed:
              "lift": blobs.read_json(item.lift_sha256)}
             for item in request.lifted
         ]
-        results = engine.attribute(children)
+        results = engine.attribute(children, _reference_set(blobs, request.references_sha256))
         results["device"] = engine.device
         report = blobs.read_json(request.unpack_report_sha256)
         if report.get("skipped"):
             results["skipped"] = _skipped_by_name(report["skipped"])
         return results
+
+
+def _reference_set(blobs: BlobStore, references_sha256: str) -> ReferenceSet | None:
+    """The user references the workflow read from the database (activities/references.py)."""
+    if not references_sha256:
+        return None
+    entries = blobs.read_json(references_sha256)
+    return ReferenceSet([ActiveReference(**e) for e in entries], blobs.read_bytes)
 
 
 def _skipped_by_name(entries: list[dict[str, str]], limit: int = 200) -> dict[str, dict[str, str]]:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError
 
 from api import handlers as h
+from api import references as refs
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.schemas import (
@@ -23,6 +24,8 @@ from api.schemas import (
     PredictionOut,
     PredictionStoreVersion,
     QueueId,
+    ReferenceOut,
+    ReferencePage,
     SampleId,
     StatusResponse,
 )
@@ -86,7 +89,28 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
     ("GET", "/internal/versions/prediction-store", h.get_prediction_store_version,
      "Get Version of Prediction Store", "Meta",
      f"{INTERNAL} Get container image version of prediction-store", PredictionStoreVersion),
+    # Not in the seed: reference samples users add (api/references.py).
+    ("POST", "/internal/references", refs.add_reference, "Add Reference", "References",
+     f"{INTERNAL} Add a labelled reference sample (multipart `sample`, `family`, `version`, "
+     "optional comma-separated `tags`): lifted and embedded by its own workflow, then "
+     "searched by every analysis. 201 when new, 200 with the existing reference for a "
+     "sha256 already added", ReferenceOut),
+    ("GET", "/internal/references", refs.list_references, "List References", "References",
+     f"{INTERNAL} List reference samples, a page at a time (cursor `after`)", ReferencePage),
+    ("GET", "/internal/references/{sha256_hash}", refs.get_reference, "Get Reference",
+     "References", f"{INTERNAL} Read one reference sample", ReferenceOut),
+    ("PATCH", "/internal/references/{sha256_hash}", refs.relabel_reference, "Relabel Reference",
+     "References", f"{INTERNAL} Change a reference's family, version and/or tags (a new "
+     "index version)", ReferenceOut),
+    ("DELETE", "/internal/references/{sha256_hash}", refs.remove_reference, "Remove Reference",
+     "References", f"{INTERNAL} Remove a reference sample (a new index version)", Detail),
 ]
+
+# Operations whose multipart body is read as a stream: (request body, schema name, schema).
+STREAMED_UPLOADS: dict[Callable[..., Any], tuple[dict[str, Any], str, dict[str, Any]]] = {
+    h.submit_sample: (UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA_NAME, UPLOAD_SCHEMA),
+    refs.add_reference: (refs.UPLOAD_REQUEST_BODY, refs.UPLOAD_SCHEMA_NAME, refs.UPLOAD_SCHEMA),
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -120,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     body_limits = {
         h.update_predictions: settings.max_predictions_body_bytes,
         h.update_explanations: settings.max_explanation_body_bytes,
+        refs.relabel_reference: refs.RELABEL_BODY_MAX,
     }
     for method, path, handler, summary, tag, description, model in ROUTES:
         # Keys (api/auth.py): Ping is open, /internal/ needs the internal key, the rest
@@ -131,9 +156,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response_model_by_alias=True,
             operation_id=summary.lower().replace(" ", "_"),
             dependencies=[Depends(guard)] if guard else None,
-            # Submit Sample reads its multipart body as a stream (api/upload.py).
-            openapi_extra={"requestBody": UPLOAD_REQUEST_BODY} if handler is h.submit_sample
-            else None,
+            # Submit Sample and Add Reference read their multipart body as a stream
+            # (api/upload.py).
+            openapi_extra={"requestBody": STREAMED_UPLOADS[handler][0]}
+            if handler in STREAMED_UPLOADS else None,
             max_body_size=body_limits.get(handler),
         )
     _document_upload_schema(app)
@@ -163,14 +189,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _document_upload_schema(app: FastAPI) -> None:
-    """Add Submit Sample's multipart schema, which no parameter declares, to the document."""
+    """Add the multipart schemas of the streamed uploads, which no parameter declares, to
+    the document."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            schema.setdefault("components", {}).setdefault("schemas", {})[
-                UPLOAD_SCHEMA_NAME] = UPLOAD_SCHEMA
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for _body, name, upload_schema in STREAMED_UPLOADS.values():
+                schemas[name] = upload_schema
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

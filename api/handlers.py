@@ -22,6 +22,7 @@ from api.schemas import (
 from api.state import ApiState, get_state
 from api.text import Text, serialisable
 from api.upload import receive_sample
+from api.versions import current_analysis_version, current_index_version
 from common.config import API_VERSION
 from common.contracts import FAILURE, SUCCESS
 from festive.card import MODEL_NAME, model_card
@@ -47,8 +48,8 @@ async def submit_sample(request: Request, state: State) -> dict[str, str]:
 
 
 async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: str) -> str | None:
-    """Dedupe: done for this model version, or running, means nothing new starts."""
-    current = model_card()["analysis_version"]
+    """Dedupe: done for this model and index version, or running, means nothing new starts."""
+    current = await current_analysis_version(state.store)
     row = await state.store.get_prediction(sha256, model)
     if row is not None and row.status == SUCCESS and row.model_version == current:
         return row.celery_task_id
@@ -153,8 +154,8 @@ async def queue_reanalysis(
     """Every stored sample without a current result, again (e.g. after a model update)."""
     client = await state.temporal()
     run_id = await pipeline.start_reanalysis(
-        client, state.settings, MODEL_NAME, model_card()["analysis_version"], include_failed,
-        concurrency,
+        client, state.settings, MODEL_NAME, await current_analysis_version(state.store),
+        include_failed, concurrency,
     )
     return {"id": run_id}
 
@@ -236,6 +237,7 @@ async def _update(state: ApiState, sha256_hash: str, model: ModelName, **fields:
 # --- Meta -----------------------------------------------------------------------------
 async def get_versions(state: State) -> dict[str, Any]:
     card = model_card()
+    references = await state.store.active_references(card["weights_sha256"])
     return {
         "description": "Attribution Engine v2: binary function similarity on a Temporal pipeline",
         "attribution-api": API_VERSION,
@@ -243,8 +245,10 @@ async def get_versions(state: State) -> dict[str, Any]:
         "prediction-store": await _store_version(state),
         MODEL_NAME: {
             "version": str(card.get("version", "")),
-            "index_version": str(card.get("index_version", "")),
-            "analysis_version": str(card.get("analysis_version", "")),
+            "index_version": await current_index_version(state.store),
+            "shipped_index_version": str(card.get("index_version", "")),
+            "user_references": str(len(references)),
+            "analysis_version": await current_analysis_version(state.store),
             "engine": str(card.get("default_engine", "")),
             "weights_sha256": str(card.get("weights_sha256", "")),
             "reference_functions": str(card.get("reference_functions", "")),

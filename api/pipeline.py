@@ -27,7 +27,9 @@ from common.contracts import (
     SUCCESS,
     AnalyzeRequest,
     ReanalyzeRequest,
+    ReferenceRequest,
     reanalysis_id,
+    reference_workflow_id,
     workflow_id,
 )
 from store.models import Prediction
@@ -91,6 +93,24 @@ async def start_reanalysis(
         rpc_timeout=RPC_TIMEOUT,
     )
     assert handle.result_run_id is not None
+    return handle.result_run_id
+
+
+async def start_reference(
+    client: Client, settings: Settings, sha256: str, filename: str
+) -> str:
+    """Start AddReference for a sample, or join the run already going; returns its run id.
+    Whether it needs to run at all (done already) is the database's call."""
+    handle = await client.start_workflow(
+        "AddReference", ReferenceRequest(sha256, settings.cpu_queue, settings.gpu_queue, filename),
+        id=reference_workflow_id(sha256), task_queue=settings.orchestration_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"add reference {filename or sha256[:12]}",
+        rpc_timeout=RPC_TIMEOUT,
+    )
+    if handle.result_run_id is None:
+        raise RuntimeError(f"Temporal gave no run id for {reference_workflow_id(sha256)}")
     return handle.result_run_id
 
 

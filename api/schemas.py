@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.text import Text
 from common.contracts import MODEL_NAME
@@ -104,3 +104,69 @@ class PredictionStoreVersion(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     prediction_store: str = Field(alias="prediction-store")
+
+
+# --- references users add -----------------------------------------------------------------
+def _not_unknown(value: str) -> str:
+    if value.lower() == "unknown":
+        raise ValueError("'unknown' is the verdict for no family: choose another name")
+    return value
+
+
+# Families and versions are single words: results list them separated by spaces.
+Family = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+          description="code family the reference belongs to (a new one or a known one)",
+          examples=["acme-parser"]),
+    AfterValidator(_not_unknown),
+]
+FamilyVersion = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$",
+          description="version of the family's code", examples=["1.4.2"]),
+]
+Tag = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")]
+Tags = Annotated[list[Tag], Field(max_length=16, examples=[["vendor:acme", "gcc"]])]
+
+
+class ReferenceLabels(BaseModel):
+    """Add Reference's form fields (tags comma-separated there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Family
+    version: FamilyVersion
+    tags: Tags = Field(default_factory=list)
+
+
+class ReferenceRelabel(BaseModel):
+    """Relabel Reference: the labels to change (at least one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Family | None = None
+    version: FamilyVersion | None = None
+    tags: Tags | None = None
+
+
+class ReferenceOut(BaseModel):
+    sha256: str = Field(examples=[SHA256_EXAMPLE])
+    family: str
+    version: str
+    tags: list[str]
+    filename: str
+    status: str = Field(description="PENDING, STARTED, SUCCESS or FAILURE")
+    error_details: str | None = None
+    functions: int | None = Field(default=None, description="functions embedded as rows")
+    searched: bool = Field(description="whether analyses search it now (SUCCESS, and embedded "
+                                       "by the installed model's weights)")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReferencePage(BaseModel):
+    references: list[ReferenceOut]
+    next_cursor: str | None = Field(
+        default=None, description="pass as `after` for the next page; null on the last page")
+    index_version: str = Field(description="the index version analyses use now")

@@ -23,6 +23,7 @@ FIELD = "sample"
 # small fields. The body as a whole may not exceed the cap by more than this.
 FRAMING_ALLOWANCE = 64 * 1024
 FILENAME_MAX = 255
+FORM_FIELD_MAX = 1024  # bytes of one small text field beside the sample (Add Reference)
 
 # The request body schema shown in the OpenAPI document (the handler reads the stream).
 UPLOAD_SCHEMA_NAME = "Body_submit_sample"
@@ -48,6 +49,7 @@ class Upload:
     sha256: str
     size: int
     filename: str
+    fields: dict[str, str] = field(default_factory=dict)  # the text fields asked for
 
 
 @dataclass
@@ -63,15 +65,22 @@ class _Parts:
     filename: str = ""
     pending: list[bytes] = field(default_factory=list)
     ended: bool = False
+    wanted: frozenset[str] = frozenset()  # text fields to keep (others are dropped)
+    field_name: str | None = None  # the text field being read
+    fields: dict[str, bytearray] = field(default_factory=dict)
 
 
-async def receive_sample(request: Request, blobs: BlobStore, max_bytes: int) -> Upload:
-    """Store the `sample` part of a multipart request; 400/413/422 for bad bodies."""
+async def receive_sample(
+    request: Request, blobs: BlobStore, max_bytes: int, fields: frozenset[str] = frozenset()
+) -> Upload:
+    """Store the `sample` part of a multipart request; 400/413/422 for bad bodies.
+    The small text parts named in `fields` are kept (UTF-8, at most FORM_FIELD_MAX bytes
+    each; 400 otherwise); a field sent twice keeps its first value."""
     boundary = _boundary(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + FRAMING_ALLOWANCE:
         raise _too_large(max_bytes)
-    parts = _Parts()
+    parts = _Parts(wanted=fields)
     parser = MultipartParser(boundary, _callbacks(parts))
     try:
         sha256, size = await blobs.put_async_chunks(
@@ -83,7 +92,21 @@ async def receive_sample(request: Request, blobs: BlobStore, max_bytes: int) -> 
         raise HTTPException(400, f"malformed multipart body: {exc}") from exc
     except ClientDisconnect as exc:
         raise HTTPException(400, "the client went away before the upload finished") from exc
-    return Upload(sha256=sha256, size=size, filename=parts.filename)
+    return Upload(sha256=sha256, size=size, filename=parts.filename,
+                  fields=_text_fields(parts))
+
+
+def _text_fields(parts: _Parts) -> dict[str, str]:
+    out = {}
+    for name, raw in parts.fields.items():
+        if len(raw) > FORM_FIELD_MAX:
+            raise HTTPException(400, f"the form field '{name}' is longer than "
+                                     f"{FORM_FIELD_MAX} bytes")
+        try:
+            out[name] = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, f"the form field '{name}' is not UTF-8 text") from exc
+    return out
 
 
 async def _sample_chunks(
@@ -133,6 +156,10 @@ def _callbacks(parts: _Parts) -> dict[str, object]:
         name = options.get(b"name", b"").decode("latin-1")
         # The first `sample` part is the sample; any other part is read and dropped.
         parts.in_sample = name == FIELD and not parts.sample_seen
+        parts.field_name = None
+        if name in parts.wanted and name not in parts.fields and b"filename" not in options:
+            parts.field_name = name
+            parts.fields[name] = bytearray()
         if parts.in_sample:
             parts.sample_seen = True
             raw = options.get(b"filename", b"")
@@ -141,11 +168,16 @@ def _callbacks(parts: _Parts) -> dict[str, object]:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if parts.in_sample:
             parts.pending.append(data[start:end])
+        elif parts.field_name is not None:
+            value = parts.fields[parts.field_name]
+            if len(value) <= FORM_FIELD_MAX:  # beyond: refused once the body is read
+                value += data[start:end][: FORM_FIELD_MAX + 1 - len(value)]
 
     def on_part_end() -> None:
         if parts.in_sample:
             parts.sample_done = True
         parts.in_sample = False
+        parts.field_name = None
 
     def on_end() -> None:
         parts.ended = True

@@ -73,6 +73,9 @@ class EmbedRequest:
     model_name: str
     lifted: list[LiftResult]
     unpack_report_sha256: str
+    # blob: JSON list of the user references to search beside the shipped index
+    # (activities/references.py); "" = the shipped index alone (runs started before).
+    references_sha256: str = ""
 
 
 @dataclass
@@ -169,3 +172,52 @@ class ReanalyzeSummary:
 
 def reanalysis_id(model_name: str, model_version: str) -> str:
     return f"reanalyze/{model_name}/{model_version}"
+
+
+# --- references users add ---------------------------------------------------------------
+def reference_workflow_id(sha256: str) -> str:
+    return f"reference/{sha256}"
+
+
+@dataclass
+class ReferenceRequest:
+    """AddReference: lift and embed one reference binary (its labels live in the database)."""
+
+    sha256: str
+    cpu_queue: str
+    gpu_queue: str
+    filename: str = ""
+
+
+@dataclass
+class ReferenceEmbedRequest:
+    sha256: str
+    lifted: list[LiftResult]
+
+
+@dataclass
+class ReferenceEmbedResult:
+    vectors_sha256: str  # blob: npz of festive.user_references
+    functions: int
+    weights_sha256: str
+
+
+@dataclass
+class ReferenceUpdate:
+    """A reference row change made by its workflow: started, failed, or done."""
+
+    sha256: str
+    run_id: str
+    status: str
+    error_details: str | None = None
+    vectors_sha256: str | None = None
+    functions: int | None = None
+    weights_sha256: str | None = None
+
+
+@dataclass
+class ReferenceSetRef:
+    """The user references an analysis searches: a blob (JSON list) and its index version."""
+
+    references_sha256: str
+    index_version: str

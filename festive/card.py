@@ -6,7 +6,9 @@ Importing this module is cheap (JSON only); numpy/torch load with the engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,26 @@ def read_card(engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def analysis_version(card: dict[str, Any]) -> str:
+def analysis_version(card: dict[str, Any], index_version: str | None = None) -> str:
     """What a stored prediction must match to count as current: the model version and
     the reference index version (semver build metadata), e.g. 1.2.0+idx.3f2a9c0d1e2b4a5c.
-    A new model or a new index makes resubmission and reanalysis run again."""
-    index = str(card.get("index_version", ""))
+    A new model or a new index makes resubmission and reanalysis run again.
+    `index_version` defaults to the shipped index's (see `index_version`)."""
+    index = str(card.get("index_version", "")) if index_version is None else index_version
     return f"{card['version']}+idx.{index}" if index else str(card["version"])
+
+
+def index_version(shipped: str, references: Iterable[tuple[str, str, str]]) -> str:
+    """The version of the index a prediction is searched against: the shipped index's,
+    followed by a short hash of the active user references, each (sha256, family,
+    version), e.g. e7b72ec8255c3368.u1c0ffee1234a; the shipped version alone when users
+    added none. Adding, relabelling or removing a reference changes it. The API (from the
+    database) and the engine (from the set it loaded) both compute it here."""
+    rows = sorted(set(references))
+    if not rows:
+        return shipped
+    digest = hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+    return f"{shipped}.u{digest[:12]}"
 
 
 def model_card(engine: str | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The interface the pipeline calls: a model, its reference index and the verdict.
 
     engine = load_engine()             # once per worker process
-    results = engine.attribute(children)
+    results = engine.attribute(children, references)   # references: users' (optional)
 
 A model turns lifted functions into vectors (festive.v1); the search and the verdict
 live in festive.attribution and know nothing of the model. Every leaf of the results
@@ -16,11 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from festive.attribution.index import ReferenceIndex
+from festive.attribution.index import ExtraBuild, ReferenceIndex
 from festive.attribution.search import Searcher
 from festive.attribution.verdict import FamilyEvidence, ReferenceView, VerdictParams, capped, decide
-from festive.card import DEFAULT_ENGINE, MODEL_NAME, WEIGHTS_DIR, analysis_version, read_card
+from festive.card import (
+    DEFAULT_ENGINE,
+    MODEL_NAME,
+    WEIGHTS_DIR,
+    analysis_version,
+    index_version,
+    read_card,
+)
 from festive.features import is_considered
+from festive.user_references import ReferenceSet, ReferenceVectors, decode
 
 MAX_MATCHES = 500  # evidence rows in the results
 MATCHES_PER_FAMILY = 25  # each listed family's best matches are always among them
@@ -46,25 +54,69 @@ class Engine:
         self.engine = engine
         self.version = card["version"]
         self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"])
-        self.index = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
-        if self.index.meta.get("weights_sha256") != card["weights_sha256"]:
+        self.shipped = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
+        if self.shipped.meta.get("weights_sha256") != card["weights_sha256"]:
             raise ValueError("the reference index was built with other weights: run make index")
-        self.index_version = self.index.version
         self.params = VerdictParams.from_card(card["verdict"])
-        self.searcher = Searcher(self.index.vectors)
+        self._use(self.shipped)
         self.device = self.searcher.device
-        self.view = ReferenceView(self.index.row_family.astype(np.int64),
-                                  self.index.identities(), self.index.row_rarity,
-                                  len(self.index.families))
-        self._row_build = self.index.row_build()
+
+    def _use(self, index: ReferenceIndex) -> None:
+        """Search this index from now on (the shipped one, or it plus users' references)."""
+        self.index = index
+        self.index_version = index.version
+        self.searcher = Searcher(index.vectors)
+        self.view = ReferenceView(index.row_family.astype(np.int64), index.identities(),
+                                  index.row_rarity, len(index.families))
+        self._row_build = index.row_build()
+
+    def _load_references(self, references: ReferenceSet | None) -> None:
+        """Search the shipped index plus this set of user references; loaded only when
+        the set's index version differs from the one searched now."""
+        wanted = index_version(self.shipped.version, references.labels() if references else [])
+        if wanted == self.index_version:
+            return
+        if references is None or not references.references:
+            self._use(self.shipped)
+            return
+        extra = []
+        for ref in references.references:
+            vectors = decode(references.read_blob(ref.vectors_sha256))
+            if vectors.weights_sha256 != self.card["weights_sha256"]:
+                raise ValueError(f"user reference {ref.sha256} was embedded by other weights "
+                                 f"({vectors.weights_sha256[:12]}); add it again")
+            extra.append(ExtraBuild(f"{ref.family} {ref.version} user:{ref.sha256[:12]}",
+                                    ref.family, ref.version, vectors.arch, vectors.vectors,
+                                    vectors.names, vectors.blocks))
+        self._use(self.shipped.with_builds(extra, wanted))
+
+    def embed_reference(self, children: list[dict[str, Any]]) -> ReferenceVectors:
+        """Vectors of the functions of a user's reference binaries that may drive a
+        verdict (the same ones a sample is judged on)."""
+        funcs = [f for child in children for f in child["lift"].get("functions", [])
+                 if is_considered(f, MIN_BLOCKS)]
+        archs = sorted({str(c["lift"].get("binary", {}).get("arch", "")) for c in children})
+        with _lock:
+            vectors = (self.model.embed(funcs) if funcs
+                       else np.zeros((0, self.shipped.vectors.shape[1]), np.float32))
+        return ReferenceVectors(vectors, [f.get("name") or f["addr"] for f in funcs],
+                                np.asarray([len(f["blocks"]) for f in funcs], np.int32),
+                                " ".join(a for a in archs if a), self.card["weights_sha256"])
 
     def status_of(self, probability: float) -> str:
         if probability >= self.params.present:
             return "present"
         return "weak" if probability >= self.params.weak else "trace"
 
-    def attribute(self, children: list[dict[str, Any]]) -> dict[str, Any]:
-        """prediction_results for one sample (the binaries found in it)."""
+    def attribute(self, children: list[dict[str, Any]],
+                  references: ReferenceSet | None = None) -> dict[str, Any]:
+        """prediction_results for one sample (the binaries found in it), searched against
+        the shipped index plus `references` (None: the shipped index alone)."""
+        with _lock:  # one sample at a time per process: the index searched may change
+            self._load_references(references)
+            return self._attribute(children)
+
+    def _attribute(self, children: list[dict[str, Any]]) -> dict[str, Any]:
         considered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         children_out: dict[str, dict[str, str]] = {}
         total = 0
@@ -83,13 +135,12 @@ class Engine:
                 "functions_considered": str(len(mine)),
             }
         blocks = np.asarray([len(f.get("blocks", [])) for _c, f in considered], np.int64)
-        with _lock:  # one search at a time per process (shared device tensors)
-            if considered:
-                vectors = self.model.embed([f for _c, f in considered])
-                sims, rows = self.searcher.topk(vectors, self.params.top_k)
-            else:
-                sims = np.zeros((0, self.params.top_k), np.float32)
-                rows = np.zeros((0, self.params.top_k), np.int64)
+        if considered:
+            vectors = self.model.embed([f for _c, f in considered])
+            sims, rows = self.searcher.topk(vectors, self.params.top_k)
+        else:
+            sims = np.zeros((0, self.params.top_k), np.float32)
+            rows = np.zeros((0, self.params.top_k), np.int64)
         decided = [e for e in decide(sims, rows, blocks, self.view, self.params)
                    if e.probability >= self.params.weak]
         present = [e for e in decided if e.probability >= self.params.present]
@@ -100,7 +151,7 @@ class Engine:
             "model": MODEL_NAME,
             "model_version": self.version,
             "index_version": self.index_version,
-            "analysis_version": analysis_version(self.card),
+            "analysis_version": analysis_version(self.card, self.index_version),
             "engine": self.engine,
             "verdict": verdict,
             "confidence": _fmt(confidence),

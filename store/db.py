@@ -22,8 +22,16 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from common.contracts import FAILURE, PENDING, SUCCESS
-from store.models import SCHEMA_VERSION, Base, Prediction, Revocation, Sample, StoreInfo
+from common.contracts import FAILURE, PENDING, STARTED, SUCCESS, ReferenceUpdate
+from store.models import (
+    SCHEMA_VERSION,
+    Base,
+    Prediction,
+    Reference,
+    Revocation,
+    Sample,
+    StoreInfo,
+)
 
 
 def utcnow() -> datetime:
@@ -52,12 +60,16 @@ class PredictionStore:
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def init_schema(self) -> None:
+        """Create missing tables (an older database gains the tables added since) and
+        record the schema version."""
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         async with self.session.begin() as session:
             info = await session.get(StoreInfo, "schema_version")
             if info is None:
                 session.add(StoreInfo(key="schema_version", value=SCHEMA_VERSION))
+            elif info.value.isdigit() and int(info.value) < int(SCHEMA_VERSION):
+                info.value = SCHEMA_VERSION
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -233,6 +245,94 @@ class PredictionStore:
                 return False
             await session.delete(row)
             return True
+
+    # --- references users add ---------------------------------------------------------
+    @_retry_on_conflict
+    async def add_reference(
+        self, sha256: str, family: str, version: str, tags: list[str], filename: str
+    ) -> tuple[Reference, bool]:
+        """The reference with this sha256, and whether it is new (get or create)."""
+        async with self.session.begin() as session:
+            row = await session.get(Reference, sha256)
+            if row is not None:
+                return row, False
+            now = utcnow()
+            row = Reference(sha256=sha256, family=family, version=version, tags=tags,
+                            filename=filename[:255], status=PENDING, created_at=now,
+                            updated_at=now)
+            session.add(row)
+            return row, True
+
+    async def get_reference(self, sha256: str) -> Reference | None:
+        async with self.session() as session:
+            return await session.get(Reference, sha256)
+
+    async def list_references(self, after_sha256: str, limit: int) -> list[Reference]:
+        """A page of references in sha256 order, after the cursor."""
+        query = (select(Reference).where(Reference.sha256 > after_sha256)
+                 .order_by(Reference.sha256).limit(limit))
+        async with self.session() as session:
+            return list(await session.scalars(query))
+
+    async def relabel_reference(self, sha256: str, **labels: Any) -> Reference | None:
+        """Change family, version and/or tags; None when the reference is missing."""
+        async with self.session.begin() as session:
+            row = await session.get(Reference, sha256)
+            if row is None:
+                return None
+            for name, value in labels.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            return row
+
+    async def remove_reference(self, sha256: str) -> bool:
+        async with self.session.begin() as session:
+            row = await session.get(Reference, sha256)
+            if row is None:
+                return False
+            await session.delete(row)
+            return True
+
+    async def begin_reference_run(
+        self, sha256: str, run_id: str, family: str, version: str, tags: list[str]
+    ) -> None:
+        """Point the row at a new AddReference run, with the labels it was added with."""
+        async with self.session.begin() as session:
+            row = await session.get(Reference, sha256)
+            if row is None or row.run_id == run_id:
+                return
+            row.run_id, row.status, row.error_details = run_id, PENDING, None
+            row.family, row.version, row.tags = family, version, tags
+            row.updated_at = utcnow()
+
+    async def update_reference(self, update: ReferenceUpdate) -> bool:
+        """A workflow's change to its row. STARTED claims the row for the run; later
+        changes of another run, or of a removed reference, change nothing."""
+        async with self.session.begin() as session:
+            row = await session.get(Reference, update.sha256)
+            if row is None:
+                return False
+            if update.status != STARTED and row.run_id not in (None, update.run_id):
+                return False
+            row.run_id, row.status = update.run_id, update.status
+            row.error_details = update.error_details
+            if update.status == SUCCESS:
+                row.vectors_sha256 = update.vectors_sha256
+                row.functions = update.functions
+                row.weights_sha256 = update.weights_sha256
+            elif update.status == STARTED:
+                row.vectors_sha256 = row.functions = row.weights_sha256 = None
+            row.updated_at = utcnow()
+            return True
+
+    async def active_references(self, weights_sha256: str) -> list[Reference]:
+        """The references searched: embedded by these weights, in sha256 order."""
+        query = (select(Reference)
+                 .where(Reference.status == SUCCESS)
+                 .where(Reference.weights_sha256 == weights_sha256)
+                 .order_by(Reference.sha256))
+        async with self.session() as session:
+            return list(await session.scalars(query))
 
 
 async def _row_for_run(

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: samples seen, and one prediction per (sample, model)."""
+"""SQLAlchemy tables: samples seen, one prediction per (sample, model), and the reference
+samples users add."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = "1"
+# 2: the `references` table (create_all adds it to a database of schema 1 at start).
+SCHEMA_VERSION = "2"
 
 
 class Base(DeclarativeBase):
@@ -38,6 +40,29 @@ class Prediction(Base):
     prediction_results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     explanation_results: Mapped[str | None] = mapped_column(Text, nullable=True)
     predicted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Reference(Base):
+    """A labelled reference sample a user added: lifted and embedded by its own workflow
+    (AddReference), searched beside the shipped index once SUCCESS."""
+
+    __tablename__ = "references"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    error_details: Mapped[str | None] = mapped_column(Text, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    functions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    vectors_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the model weights that made the vectors: only references of the current weights
+    # are searched (a new model needs them added again)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 

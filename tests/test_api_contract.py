@@ -33,6 +33,15 @@ SEED_OPERATIONS = {
     "Get Version of Prediction Store": ("Meta", set()),
 }
 
+# Not in the seed: reference samples users add.
+REFERENCE_OPERATIONS = {
+    "Add Reference": ("post", "/internal/references"),
+    "List References": ("get", "/internal/references"),
+    "Get Reference": ("get", "/internal/references/{sha256_hash}"),
+    "Relabel Reference": ("patch", "/internal/references/{sha256_hash}"),
+    "Remove Reference": ("delete", "/internal/references/{sha256_hash}"),
+}
+
 
 def random_sha() -> str:
     return hashlib.sha256(os.urandom(16)).hexdigest()
@@ -48,8 +57,10 @@ async def test_openapi_lists_every_seed_operation(api: httpx.AsyncClient) -> Non
         for method, op in methods.items():
             params = {p["name"] for p in op.get("parameters", [])}
             found[op["summary"]] = (op["tags"][0], params, path, method)
-    # The seed's operations, plus batch reanalysis for operators.
-    assert set(found) == set(SEED_OPERATIONS) | {"Queue Reanalysis"}
+    # The seed's operations, plus batch reanalysis and references for operators.
+    assert set(found) == set(SEED_OPERATIONS) | {"Queue Reanalysis"} | set(REFERENCE_OPERATIONS)
+    for summary, (method, path) in REFERENCE_OPERATIONS.items():
+        assert found[summary][0] == "References" and found[summary][2:] == (path, method)
     for summary, (tag, params) in SEED_OPERATIONS.items():
         assert found[summary][0] == tag, summary
         assert found[summary][1] == params, (summary, found[summary][1])
@@ -63,7 +74,7 @@ async def test_ping_and_versions(api: httpx.AsyncClient) -> None:
     versions = (await api.get("/versions")).json()
     assert versions["attribution-api"] == "2.4.8"
     assert "temporalio" in versions["crystal-ball"]
-    assert "schema 1" in versions["prediction-store"]
+    assert "schema 2" in versions["prediction-store"]
     model = versions[MODEL_NAME]
     assert model["version"] and len(model["weights_sha256"]) == 64
     cb = (await api.get("/internal/versions/crystal-ball")).json()

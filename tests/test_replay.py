@@ -1,4 +1,5 @@
-"""Replay: recorded AnalyzeSample histories must replay against the current workflow code.
+"""Replay: recorded AnalyzeSample and AddReference histories must replay against the
+current workflow code.
 
 A change that alters the commands a past run issued (order, activity names, options)
 fails here; guard such changes with workflow.patched().
@@ -15,6 +16,7 @@ from temporalio.worker import Replayer
 from common.contracts import MODEL_NAME, workflow_id
 from tests.conftest import submit, wait_for_final
 from workflows.analyze import AnalyzeSample
+from workflows.reference import AddReference
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -25,13 +27,14 @@ def committed_histories() -> list[Path]:
 
 def test_there_are_committed_histories() -> None:
     names = {p.stem for p in committed_histories()}
-    assert {"analyze_success", "analyze_bad_sample"} <= names
+    assert {"analyze_success", "analyze_bad_sample", "analyze_success_references",
+            "reference_success"} <= names
 
 
 @pytest.mark.parametrize("path", committed_histories(), ids=lambda p: p.stem)
 async def test_committed_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json("recorded", path.read_text())
-    result = await Replayer(workflows=[AnalyzeSample]).replay_workflow(history)
+    result = await Replayer(workflows=[AnalyzeSample, AddReference]).replay_workflow(history)
     assert result.replay_failure is None
 
 

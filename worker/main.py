@@ -24,15 +24,18 @@ from temporalio.worker import Worker
 from activities.catalog import Catalog
 from activities.deps import Deps
 from activities.embed import Embed
+from activities.embed_reference import EmbedReference
 from activities.explain import Explain
 from activities.lift import Lift
 from activities.persist import Persist
+from activities.references import References
 from activities.unpack import Unpack
 from common.config import Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
 from workflows.reanalyze import ReanalyzeAll
+from workflows.reference import AddReference
 
 ROLES = ("orchestration", "cpu", "gpu")
 log = logging.getLogger("worker")
@@ -49,12 +52,14 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
         persist, explain, catalog = Persist(deps), Explain(deps), Catalog(deps)
+        references = References(deps)
         workers.append(
             Worker(
                 client, task_queue=settings.orchestration_queue,
-                workflows=[AnalyzeSample, ReanalyzeAll],
+                workflows=[AnalyzeSample, ReanalyzeAll, AddReference],
                 activities=[persist.persist_results, persist.record_status,
-                            explain.explain_results, catalog.samples_to_reanalyze],
+                            explain.explain_results, catalog.samples_to_reanalyze,
+                            references.reference_set, references.record_reference],
                 graceful_shutdown_timeout=grace,
             )
         )
@@ -70,10 +75,11 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
             )
         )
     if "gpu" in roles:
-        embed = Embed(deps)
+        embed, embed_reference = Embed(deps), EmbedReference(deps)
         workers.append(
             Worker(
-                client, task_queue=settings.gpu_queue, activities=[embed.embed_compare],
+                client, task_queue=settings.gpu_queue,
+                activities=[embed.embed_compare, embed_reference.embed_reference],
                 max_concurrent_activities=1,
                 activity_executor=ThreadPoolExecutor(max_workers=2),
                 graceful_shutdown_timeout=grace,

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         LiftRequest,
         LiftResult,
         PersistRequest,
+        ReferenceSetRef,
         StatusUpdate,
         UnpackResult,
     )
@@ -124,9 +125,18 @@ class AnalyzeSample:
         self, request: AnalyzeRequest, unpacked: UnpackResult, lifted: list[LiftResult]
     ) -> EmbedResult:
         self._enter("embed")
+        references = ""
+        if workflow.patched("user-references"):
+            # the references users added, as they are now (read where the database is)
+            found = await workflow.execute_activity(
+                "reference_set", result_type=ReferenceSetRef,
+                start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
+            )
+            references = found.references_sha256
         return await workflow.execute_activity(
             "embed_compare",
-            EmbedRequest(request.sha256, request.model_name, lifted, unpacked.report_sha256),
+            EmbedRequest(request.sha256, request.model_name, lifted, unpacked.report_sha256,
+                         references),
             result_type=EmbedResult, task_queue=request.gpu_queue,
             start_to_close_timeout=timedelta(minutes=30), heartbeat_timeout=timedelta(seconds=60),
             retry_policy=COMPUTE_RETRY,

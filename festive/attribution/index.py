@@ -30,6 +30,20 @@ INDEX_FORMAT = "festive-index/2"
 
 
 @dataclass
+class ExtraBuild:
+    """Rows of one more build to search beside an index's own (a reference a user added):
+    unit vectors of its functions, their names and sizes, and who the build is."""
+
+    label: str  # "acme 1.0 user:1c0ffee1234a"
+    family: str  # an index family or a new one
+    version: str
+    arch: str
+    vectors: np.ndarray  # float32 (n, d) unit rows
+    names: list[str]  # function name (or address): with the family, its identity
+    blocks: np.ndarray  # int per row
+
+
+@dataclass
 class ReferenceIndex:
     vectors: Reference  # Quantised (dense models) or Csr (sparse)
     families: list[str]  # family id -> name
@@ -69,6 +83,48 @@ class ReferenceIndex:
     def rows_of_builds(self, builds: np.ndarray) -> np.ndarray:
         """Bool mask of rows that stand for no build outside `builds` (bool per build)."""
         return np.asarray([bool(builds[b].all()) for b in self.row_builds], dtype=bool)
+
+    def with_builds(self, extra: list[ExtraBuild], version: str) -> ReferenceIndex:
+        """A new index: these rows after this index's own (rarity 1: no near-duplicate
+        merging across them), under `version`. Dense (int8) indexes only."""
+        if not isinstance(self.vectors, Quantised):
+            raise TypeError("rows can be appended to a dense (int8) index only")
+        families = list(self.families)
+        family_id = {name: i for i, name in enumerate(families)}
+        codes, scale = [self.vectors.codes], [self.vectors.scale]
+        row_family, row_blocks = [self.row_family.astype(np.int16)], [self.row_blocks]
+        row_builds, row_name = list(self.row_builds), list(self.row_name)
+        builds, build_arch = list(self.builds), list(self.build_arch)
+        build_version = list(self.build_version)
+        for build in extra:
+            rows = np.asarray(build.vectors, np.float32)
+            if rows.ndim != 2 or rows.shape[1] != self.vectors.shape[1]:
+                raise ValueError(f"{build.label}: vectors of shape {rows.shape}, expected "
+                                 f"(n, {self.vectors.shape[1]})")
+            if not (len(rows) == len(build.names) == len(build.blocks)):
+                raise ValueError(f"{build.label}: vectors, names and blocks differ in length")
+            fam = family_id.setdefault(build.family, len(families))
+            if fam == len(families):
+                families.append(build.family)
+            build_id = len(builds)
+            builds.append(build.label)
+            build_arch.append(build.arch)
+            build_version.append(build.version)
+            quantised = Quantised.of(rows)
+            codes.append(quantised.codes)
+            scale.append(quantised.scale)
+            row_family.append(np.full(len(rows), fam, np.int16))
+            row_blocks.append(np.asarray(build.blocks, np.int32))
+            row_builds += [np.asarray([build_id], np.int32)] * len(rows)
+            row_name += list(build.names)
+        n_extra = len(row_name) - self.n_rows
+        return ReferenceIndex(
+            Quantised(np.concatenate(codes), np.concatenate(scale)), families, builds,
+            build_arch, build_version, np.concatenate(row_family), row_builds, row_name,
+            np.concatenate(row_blocks),
+            np.concatenate([self.row_rarity, np.ones(n_extra, np.float32)]),
+            {**self.meta, "index_version": version},
+        )
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path: Path) -> str:
