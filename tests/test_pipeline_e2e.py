@@ -80,7 +80,7 @@ async def test_compiled_zlib_program_is_attributed_to_zlib(
         )
     explanation = body["explanation_results"]
     assert "zlib" in explanation and sha256 in explanation
-    assert re.search(r"\| zlib \| \d+ \|", explanation)
+    assert re.search(r"\| zlib \| present \| [01]\.\d{4} \| \d+ \|", explanation)
 
 
 async def test_resubmission_answers_with_the_same_analysis(
