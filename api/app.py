@@ -12,11 +12,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError
 
+from api import batches as b
 from api import handlers as h
 from api import references as refs
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.schemas import (
+    BatchProgressOut,
+    BatchQueued,
     Check,
     CrystalBallVersion,
     Detail,
@@ -57,9 +60,23 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
      f"{INTERNAL} Interfaces directly with AMQP to get status", QueueId),
     ("POST", "/internal/queue/{sha256_hash}/festive", h.queue_festive_task, "Queue FESTIVE Task",
      "Queue", f"{INTERNAL} Queue prediction task to FESTIVE", SampleId),
-    ("POST", "/internal/queue/reanalysis", h.queue_reanalysis, "Queue Reanalysis", "Queue",
-     f"{INTERNAL} Reanalyse every stored sample lacking a result of the current model "
-     "version (not in the seed: batch reanalysis as a durable workflow)", QueueId),
+    ("POST", "/internal/queue/reanalysis", b.queue_reanalysis, "Queue Reanalysis", "Queue",
+     f"{INTERNAL} Reanalyse the stored samples a filter chooses (by default those lacking a "
+     "result of the current analysis version) as one durable batch; asking again with the "
+     "same filter joins the running batch (not in the seed)", BatchQueued),
+    ("GET", "/internal/queue/reanalysis/{batch_id}", b.batch_progress,
+     "Get Reanalysis Progress", "Queue",
+     f"{INTERNAL} Progress of a batch reanalysis: done, failed, running, remaining, rate, "
+     "time left, and the failures with their error_details (not in the seed)",
+     BatchProgressOut),
+    ("POST", "/internal/queue/reanalysis/{batch_id}/retry-failed", b.retry_failed,
+     "Retry Failed Reanalyses", "Queue",
+     f"{INTERNAL} Start a batch of exactly the samples that failed in this batch (not in the "
+     "seed)", BatchQueued),
+    ("POST", "/internal/queue/reanalysis/{batch_id}/cancel", b.cancel_batch,
+     "Cancel Reanalysis", "Queue",
+     f"{INTERNAL} Cancel a batch: the analyses it started are cancelled, no new one starts; "
+     "answers the progress so far (not in the seed)", BatchProgressOut),
     ("POST", "/internal/predictions/{sha256_hash}/{model_name}", h.create_prediction,
      "Create Prediction", "CRUD", f"{INTERNAL} Create prediction row in db", None),
     ("GET", "/internal/predictions/{sha256_hash}", h.read_predictions, "Read Predictions",

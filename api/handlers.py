@@ -146,20 +146,6 @@ async def queue_festive_task(state: State, sha256_hash: Sha256Hash) -> dict[str,
     return {"sample_id": sha256}
 
 
-async def queue_reanalysis(
-    state: State,
-    include_failed: Annotated[bool, Query(description="also retry samples that failed")] = False,
-    concurrency: Annotated[int, Query(ge=1, le=64, description="analyses at once")] = 4,
-) -> dict[str, str]:
-    """Every stored sample without a current result, again (e.g. after a model update)."""
-    client = await state.temporal()
-    run_id = await pipeline.start_reanalysis(
-        client, state.settings, MODEL_NAME, await current_analysis_version(state.store),
-        include_failed, concurrency,
-    )
-    return {"id": run_id}
-
-
 # --- CRUD -----------------------------------------------------------------------------
 async def create_prediction(
     state: State, sha256_hash: Sha256Hash, model_name: ModelNameParam

@@ -11,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -26,9 +32,10 @@ from common.contracts import (
     STARTED,
     SUCCESS,
     AnalyzeRequest,
-    ReanalyzeRequest,
+    BatchFilter,
+    BatchRequest,
     ReferenceRequest,
-    reanalysis_id,
+    batch_workflow_id,
     reference_workflow_id,
     workflow_id,
 )
@@ -75,25 +82,50 @@ async def start_analysis(
     return handle.result_run_id
 
 
-async def start_reanalysis(
+async def start_batch(
     client: Client, settings: Settings, model_name: str, model_version: str,
-    include_failed: bool, concurrency: int,
-) -> str:
-    """One batch per (model, version): asking again joins the batch already running."""
-    request = ReanalyzeRequest(
+    batch_filter: BatchFilter, concurrency: int,
+) -> tuple[str, str]:
+    """Start a ReanalysisBatch, or join the one running for this (model, version, filter).
+    Returns (batch id, workflow id); the batch id is the first run id of its chain."""
+    request = BatchRequest(
         model_name=model_name, model_version=model_version, cpu_queue=settings.cpu_queue,
-        gpu_queue=settings.gpu_queue, include_failed=include_failed, concurrency=concurrency,
+        gpu_queue=settings.gpu_queue, filter=batch_filter, concurrency=concurrency,
+        children_per_run=settings.batch_children_per_run,
     )
+    batch_workflow = batch_workflow_id(model_name, model_version, batch_filter)
     handle = await client.start_workflow(
-        "ReanalyzeAll", request, id=reanalysis_id(model_name, model_version),
+        "ReanalysisBatch", request, id=batch_workflow,
         task_queue=settings.orchestration_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        static_summary=f"reanalyse every sample with {model_name} {model_version}",
+        static_summary=f"reanalyse with {model_name} {model_version}: {batch_filter.selection}",
         rpc_timeout=RPC_TIMEOUT,
     )
-    assert handle.result_run_id is not None
-    return handle.result_run_id
+    if handle.result_run_id is None:
+        raise RuntimeError(f"Temporal gave no run id for {batch_workflow}")
+    # A batch joined after it continued as new answers its current run: its id is the first.
+    description = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    first = description.raw_description.workflow_execution_info.first_run_id
+    return first or handle.result_run_id, batch_workflow
+
+
+async def query_batch(client: Client, batch_workflow: str, batch_id: str) -> dict[str, Any] | None:
+    """The running batch's own view (its `progress` query), or None when no worker answers
+    in time or the id now belongs to another batch."""
+    handle = client.get_workflow_handle(batch_workflow)
+    try:
+        view = await handle.query("progress", rpc_timeout=timedelta(seconds=5))
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None
+    if not isinstance(view, dict) or view.get("batch_id") != batch_id:
+        return None
+    return {**view, "source": "workflow"}
+
+
+async def cancel_batch(client: Client, batch_workflow: str, batch_id: str) -> None:
+    handle = client.get_workflow_handle(batch_workflow, first_execution_run_id=batch_id)
+    await handle.cancel(rpc_timeout=RPC_TIMEOUT)
 
 
 async def start_reference(

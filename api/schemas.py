@@ -53,6 +53,51 @@ class QueueId(BaseModel):
     id: str = Field(examples=[TASK_ID_EXAMPLE])
 
 
+class BatchQueued(BaseModel):
+    """A batch reanalysis started (or joined)."""
+
+    id: str = Field(examples=[TASK_ID_EXAMPLE], description="the batch id: its first run id")
+    batch_id: str = Field(examples=[TASK_ID_EXAMPLE])
+    workflow_id: str = Field(examples=[f"reanalyze/{MODEL_NAME}/1.2.0+idx.e7b72ec8255c3368"])
+
+
+class BatchFailureOut(BaseModel):
+    sha256: str
+    run_id: str | None
+    error_details: str | None
+
+
+class BatchProgressOut(BaseModel):
+    """done + failed + revoked + skipped = finished; finished + running + remaining = total."""
+
+    batch_id: str
+    workflow_id: str
+    state: str = Field(description="running, done or cancelled")
+    source: str = Field(description="workflow (its progress query) or database (no worker "
+                        "answered, or the batch has ended)")
+    analysis_version: str
+    filter: dict[str, Any]
+    total: int
+    done: int
+    failed: int
+    revoked: int
+    skipped: int
+    finished: int
+    running: int | None
+    remaining: int
+    joined: int | None = None
+    cached: int = Field(description="matched the filter but already had a current result: "
+                        "left out (force=true redoes them)")
+    left_running: int | None = None
+    lifts_new: int | None = None
+    lifts_reused: int | None = None
+    elapsed_s: float | None
+    rate_per_min: float | None
+    eta_s: float | None
+    failures: list[BatchFailureOut]
+    failures_total: int
+
+
 class StatusResponse(BaseModel):
     status: dict[str, str] = Field(
         description="Celery-style word per model: PENDING, STARTED, RETRY, SUCCESS, FAILURE, "

@@ -59,6 +59,10 @@ class Settings:
     body_timeout_s: int = field(default_factory=lambda: _env_int("AE_BODY_TIMEOUT_S", 30))
     body_min_rate: int = field(default_factory=lambda: _env_int("AE_BODY_MIN_RATE", 1024))
     max_connections: int = field(default_factory=lambda: _env_int("AE_MAX_CONNECTIONS", 512))
+    # Batch reanalysis: analyses started per workflow run before it continues as new.
+    batch_children_per_run: int = field(
+        default_factory=lambda: _env_int("AE_BATCH_CHILDREN_PER_RUN", 200)
+    )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
     api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"))

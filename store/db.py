@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import ColumnElement, Select, event, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -22,10 +23,20 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from common.contracts import FAILURE, PENDING, STARTED, SUCCESS, ReferenceUpdate
+from common.contracts import (
+    FAILURE,
+    PENDING,
+    STARTED,
+    SUCCESS,
+    BatchFilter,
+    BatchOutcome,
+    ReferenceUpdate,
+)
 from store.models import (
     SCHEMA_VERSION,
     Base,
+    Batch,
+    BatchItem,
     Prediction,
     Reference,
     Revocation,
@@ -333,6 +344,166 @@ class PredictionStore:
                  .order_by(Reference.sha256))
         async with self.session() as session:
             return list(await session.scalars(query))
+
+
+    # --- batch reanalysis ------------------------------------------------------------
+    async def open_batch(
+        self, batch_id: str, workflow_id: str, model: str, model_version: str,
+        batch_filter: BatchFilter,
+    ) -> Batch:
+        """Record a batch and choose its members (one INSERT ... SELECT, so no list of
+        hashes ever leaves the database). Opening the same batch again changes nothing."""
+        async with self.session.begin() as session:
+            batch = await session.get(Batch, batch_id)
+            if batch is not None:
+                return batch
+            now = utcnow()
+            matched = _batch_selection(model, model_version, batch_filter)
+            current = _current(model_version)
+            chosen = matched if batch_filter.force else matched.where(~current)
+            await session.execute(
+                insert(BatchItem).from_select(
+                    ["batch_id", "sha256", "status", "updated_at"],
+                    chosen.with_only_columns(
+                        literal(batch_id), Sample.sha256, literal(PENDING), literal(now)
+                    ),
+                )
+            )
+            total = await session.scalar(
+                select(func.count()).select_from(BatchItem).where(BatchItem.batch_id == batch_id)
+            )
+            cached = 0
+            if not batch_filter.force:
+                cached = await session.scalar(
+                    select(func.count()).select_from(matched.where(current).subquery())
+                )
+            batch = Batch(
+                batch_id=batch_id, workflow_id=workflow_id, model=model,
+                model_version=model_version, filter=_filter_json(batch_filter),
+                total=total or 0, cached=cached or 0, state="running", created_at=now,
+            )
+            session.add(batch)
+            return batch
+
+    async def batch_page(
+        self, batch_id: str, model: str, model_version: str, after_sha256: str, limit: int
+    ) -> list[tuple[str, str, bool]]:
+        """Members still PENDING after the cursor, in sha256 order: (sha256, filename,
+        whether the sample has a result of the current analysis version by now)."""
+        query = (
+            select(BatchItem.sha256, Sample.filename, _current(model_version))
+            .join(Sample, Sample.sha256 == BatchItem.sha256)
+            .outerjoin(
+                Prediction,
+                (Prediction.sha256_hash == BatchItem.sha256) & (Prediction.model == model),
+            )
+            .where(BatchItem.batch_id == batch_id)
+            .where(BatchItem.status == PENDING)
+            .where(BatchItem.sha256 > after_sha256)
+            .order_by(BatchItem.sha256)
+            .limit(limit)
+        )
+        async with self.session() as session:
+            return [(sha, name or "", bool(cur)) for sha, name, cur in await session.execute(query)]
+
+    async def record_batch_outcome(self, outcome: BatchOutcome) -> bool:
+        async with self.session.begin() as session:
+            result = await session.execute(
+                update(BatchItem)
+                .where(BatchItem.batch_id == outcome.batch_id)
+                .where(BatchItem.sha256 == outcome.sha256)
+                .values(status=outcome.status, run_id=outcome.run_id or None,
+                        error_details=outcome.error_details, updated_at=utcnow())
+            )
+            return bool(result.rowcount)
+
+    async def close_batch(self, batch_id: str, state: str) -> None:
+        async with self.session.begin() as session:
+            batch = await session.get(Batch, batch_id)
+            if batch is not None:
+                batch.state, batch.closed_at = state, utcnow()
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        async with self.session() as session:
+            return await session.get(Batch, batch_id)
+
+    async def batch_counts(self, batch_id: str) -> dict[str, int]:
+        """Members per status (PENDING until their outcome is recorded)."""
+        query = (select(BatchItem.status, func.count()).where(BatchItem.batch_id == batch_id)
+                 .group_by(BatchItem.status))
+        async with self.session() as session:
+            return {status: count for status, count in await session.execute(query)}
+
+    async def batch_failures(self, batch_id: str, limit: int) -> list[BatchItem]:
+        query = (select(BatchItem).where(BatchItem.batch_id == batch_id)
+                 .where(BatchItem.status == FAILURE).order_by(BatchItem.sha256).limit(limit))
+        async with self.session() as session:
+            return list(await session.scalars(query))
+
+
+def _current(model_version: str) -> ColumnElement[bool]:
+    """The sample's row for the model is a SUCCESS of this analysis version (the cache
+    rule: it is not redone unless forced). False, not NULL, when there is no row."""
+    return (
+        Prediction.sha256_hash.is_not(None)
+        & (Prediction.status == SUCCESS)
+        & (func.coalesce(Prediction.model_version, "") == model_version)
+    )
+
+
+def _batch_selection(model: str, model_version: str, f: BatchFilter) -> Select[Any]:
+    """The samples a batch filter matches, current ones included."""
+    query = select(Sample.sha256).outerjoin(
+        Prediction, (Prediction.sha256_hash == Sample.sha256) & (Prediction.model == model)
+    )
+    has_row = Prediction.sha256_hash.is_not(None)
+    stored_version = func.coalesce(Prediction.model_version, "")
+    if f.retry_of:
+        query = query.join(
+            BatchItem,
+            (BatchItem.sha256 == Sample.sha256) & (BatchItem.batch_id == f.retry_of)
+            & (BatchItem.status == FAILURE),
+        )
+    if f.selection == "stale":
+        query = query.where(~_current(model_version))
+        if not f.include_failed:
+            query = query.where(~(has_row & (Prediction.status == FAILURE)))
+    elif f.selection == "outdated":
+        query = query.where(has_row & (stored_version != "") & (stored_version != model_version))
+    elif f.selection == "outdated-model":
+        model_part = model_version.split("+", 1)[0]
+        query = query.where(
+            has_row & (stored_version != "") & (stored_version != model_part)
+            & ~stored_version.startswith(f"{model_part}+", autoescape=True)
+        )
+    elif f.selection != "all":
+        raise ValueError(f"unknown selection {f.selection!r}")
+    if f.statuses:
+        query = query.where(has_row & Prediction.status.in_(f.statuses))
+    if f.submitted_after:
+        query = query.where(Sample.first_seen >= _naive_utc(f.submitted_after))
+    if f.submitted_before:
+        query = query.where(Sample.first_seen < _naive_utc(f.submitted_before))
+    if f.verdict:
+        query = query.where(has_row & (
+            Prediction.prediction_results["verdict"].as_string() == f.verdict))
+    if f.family:
+        present = func.coalesce(Prediction.prediction_results["families_present"].as_string(), "")
+        query = query.where(
+            has_row & (" " + present + " ").contains(f" {f.family} ", autoescape=True)
+        )
+    return query
+
+
+def _naive_utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _filter_json(f: BatchFilter) -> dict[str, Any]:
+    return asdict(f)
 
 
 async def _row_for_run(

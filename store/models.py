@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: the `references` table (create_all adds it to a database of schema 1 at start).
-SCHEMA_VERSION = "2"
+# 3: `batches` and `batch_items` (batch reanalysis), added the same way.
+SCHEMA_VERSION = "3"
 
 
 class Base(DeclarativeBase):
@@ -77,6 +78,37 @@ class Revocation(Base):
     sha256_hash: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
     requested_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Batch(Base):
+    """A batch reanalysis (workflow ReanalysisBatch): its filter and what it chose."""
+
+    __tablename__ = "batches"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # first run id
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    filter: Mapped[dict[str, Any]] = mapped_column(JSON)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    cached: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class BatchItem(Base):
+    """One sample of a batch, chosen when the batch opened, and its outcome there."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (Index("ix_batch_items_status", "batch_id", "status"),)
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_details: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class StoreInfo(Base):

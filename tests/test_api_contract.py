@@ -42,6 +42,14 @@ REFERENCE_OPERATIONS = {
     "Remove Reference": ("delete", "/internal/references/{sha256_hash}"),
 }
 
+# Not in the seed: batch reanalysis, started, watched, retried and cancelled.
+BATCH_OPERATIONS = {
+    "Queue Reanalysis": ("post", "/internal/queue/reanalysis"),
+    "Get Reanalysis Progress": ("get", "/internal/queue/reanalysis/{batch_id}"),
+    "Retry Failed Reanalyses": ("post", "/internal/queue/reanalysis/{batch_id}/retry-failed"),
+    "Cancel Reanalysis": ("post", "/internal/queue/reanalysis/{batch_id}/cancel"),
+}
+
 
 def random_sha() -> str:
     return hashlib.sha256(os.urandom(16)).hexdigest()
@@ -58,7 +66,10 @@ async def test_openapi_lists_every_seed_operation(api: httpx.AsyncClient) -> Non
             params = {p["name"] for p in op.get("parameters", [])}
             found[op["summary"]] = (op["tags"][0], params, path, method)
     # The seed's operations, plus batch reanalysis and references for operators.
-    assert set(found) == set(SEED_OPERATIONS) | {"Queue Reanalysis"} | set(REFERENCE_OPERATIONS)
+    assert set(found) == (set(SEED_OPERATIONS) | set(BATCH_OPERATIONS)
+                          | set(REFERENCE_OPERATIONS))
+    for summary, (method, path) in BATCH_OPERATIONS.items():
+        assert found[summary][0] == "Queue" and found[summary][2:] == (path, method)
     for summary, (method, path) in REFERENCE_OPERATIONS.items():
         assert found[summary][0] == "References" and found[summary][2:] == (path, method)
     for summary, (tag, params) in SEED_OPERATIONS.items():
@@ -74,7 +85,7 @@ async def test_ping_and_versions(api: httpx.AsyncClient) -> None:
     versions = (await api.get("/versions")).json()
     assert versions["attribution-api"] == "2.4.8"
     assert "temporalio" in versions["crystal-ball"]
-    assert "schema 2" in versions["prediction-store"]
+    assert "schema 3" in versions["prediction-store"]
     model = versions[MODEL_NAME]
     assert model["version"] and len(model["weights_sha256"]) == 64
     cb = (await api.get("/internal/versions/crystal-ball")).json()

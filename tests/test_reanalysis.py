@@ -12,7 +12,7 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from common.config import Settings
-from common.contracts import MODEL_NAME, ReanalyzeRequest, ReanalyzeSummary, workflow_id
+from common.contracts import MODEL_NAME, BatchRequest, BatchSummary, workflow_id
 from festive.card import model_card
 from tests.conftest import (
     api_client,
@@ -51,28 +51,34 @@ async def test_model_update_reanalyses_every_sample(
     # Nothing to do while every sample has a result of the current version.
     response = await own_api.post("/internal/queue/reanalysis")
     assert response.status_code == 200, response.text
+    assert response.json()["workflow_id"] == \
+        f"reanalyze/{MODEL_NAME}/{model_card()['analysis_version']}"
     batch = client.get_workflow_handle(
-        f"reanalyze/{MODEL_NAME}/{model_card()['analysis_version']}", run_id=response.json()["id"],
-        result_type=ReanalyzeSummary,
+        response.json()["workflow_id"], run_id=response.json()["id"], result_type=BatchSummary,
     )
     idle = await batch.result()
-    assert (idle.started, idle.joined, idle.failed) == (0, 0, 0)
+    assert (idle.total, idle.done, idle.joined, idle.failed, idle.cached) == (0, 0, 0, 0, 0)
+    # the cache rule, visible: with force=false nothing current is chosen; "all" counts them
+    response = await own_api.post("/internal/queue/reanalysis", params={"selection": "all"})
+    everything = await client.get_workflow_handle(
+        response.json()["workflow_id"], result_type=BatchSummary).result()
+    assert (everything.total, everything.cached) == (0, 3)
 
-    # A new model version: every sample runs again; one sample per page forces
-    # continue-as-new between pages.
+    # A new model version: every sample runs again; one start per run forces
+    # continue-as-new while the other analysis still runs.
     version = f"next-{uuid.uuid4().hex[:6]}"
     handle = await client.start_workflow(
-        "ReanalyzeAll",
-        ReanalyzeRequest(MODEL_NAME, version, own_settings.cpu_queue, own_settings.gpu_queue,
-                         page_size=1, concurrency=2),
+        "ReanalysisBatch",
+        BatchRequest(MODEL_NAME, version, own_settings.cpu_queue, own_settings.gpu_queue,
+                     page_size=2, concurrency=2, children_per_run=1),
         id=f"reanalyze/{MODEL_NAME}/{version}", task_queue=own_settings.orchestration_queue,
-        result_type=ReanalyzeSummary,
+        result_type=BatchSummary,
     )
     summary = await handle.result()
-    assert (summary.started, summary.succeeded, summary.failed) == (3, 3, 0)
+    assert (summary.total, summary.done, summary.failed, summary.state) == (3, 3, 0, "done")
     runs = [r async for r in client.list_workflows(
         f"WorkflowId = 'reanalyze/{MODEL_NAME}/{version}'")]
-    assert len(runs) == 4  # three full pages and the empty one that ends the batch
+    assert len(runs) >= 3  # one start per run
 
     for sha in samples:
         described = await client.get_workflow_handle(workflow_id(MODEL_NAME, sha)).describe()

@@ -21,6 +21,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.batch import BatchActivities
 from activities.catalog import Catalog
 from activities.deps import Deps
 from activities.embed import Embed
@@ -34,6 +35,7 @@ from common.config import Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
+from workflows.batch import ReanalysisBatch
 from workflows.reanalyze import ReanalyzeAll
 from workflows.reference import AddReference
 
@@ -43,7 +45,7 @@ log = logging.getLogger("worker")
 
 async def build_workers(client: Client, settings: Settings, roles: list[str]) -> list[Worker]:
     """The workers for the given roles, sharing one blob store and database handle."""
-    deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir))
+    deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir), client=client)
     workers = []
     # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
     # and retried on another worker of their kind.
@@ -52,14 +54,17 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
         persist, explain, catalog = Persist(deps), Explain(deps), Catalog(deps)
-        references = References(deps)
+        references, batch = References(deps), BatchActivities(deps)
         workers.append(
             Worker(
                 client, task_queue=settings.orchestration_queue,
-                workflows=[AnalyzeSample, ReanalyzeAll, AddReference],
+                # ReanalyzeAll: the batch before ReanalysisBatch, kept for runs in flight
+                workflows=[AnalyzeSample, ReanalysisBatch, ReanalyzeAll, AddReference],
                 activities=[persist.persist_results, persist.record_status,
                             explain.explain_results, catalog.samples_to_reanalyze,
-                            references.reference_set, references.record_reference],
+                            references.reference_set, references.record_reference,
+                            batch.open_batch, batch.batch_page, batch.record_batch_outcome,
+                            batch.close_batch, batch.await_analysis],
                 graceful_shutdown_timeout=grace,
             )
         )

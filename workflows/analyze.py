@@ -92,7 +92,7 @@ class AnalyzeSample:
         return AnalyzeSummary(
             sha256=request.sha256, model_name=request.model_name, verdict=embedded.verdict,
             children=len(unpacked.children), functions=sum(r.functions for r in lifted),
-            stages_ms=dict(self._stages_ms),
+            stages_ms=dict(self._stages_ms), lifts_reused=sum(r.cached for r in lifted),
         )
 
     # --- the five stages ----------------------------------------------------------------
