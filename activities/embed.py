@@ -12,6 +12,7 @@ from temporalio import activity
 
 from activities.deps import Deps
 from activities.heartbeat import in_thread_with_heartbeat
+from common import metrics
 from common.contracts import EmbedRequest, EmbedResult
 from festive.user_references import ActiveReference, ReferenceSet
 from store.blobs import BlobStore
@@ -25,6 +26,10 @@ class Embed:
     async def embed_compare(self, request: EmbedRequest) -> EmbedResult:
         results = await in_thread_with_heartbeat(self._attribute, request, detail="embedding")
         results_sha = self.deps.blobs.put_json(results)
+        meter = activity.metric_meter()
+        metrics.count(meter, metrics.FUNCTIONS_JUDGED,
+                      _int(results.get("functions_considered")))
+        metrics.count(meter, metrics.VERDICTS, family=str(results.get("verdict") or "unknown"))
         return EmbedResult(
             results_sha256=results_sha,
             model_version=str(results.get("analysis_version", "")),
@@ -48,6 +53,13 @@ class Embed:
         if report.get("skipped"):
             results["skipped"] = _skipped_by_name(report["skipped"])
         return results
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _reference_set(blobs: BlobStore, references_sha256: str) -> ReferenceSet | None:

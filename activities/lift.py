@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
+from common import metrics
 from common.config import PROJECT_ROOT
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from lifting.angr_lift import LIFT_FORMAT
@@ -48,8 +49,10 @@ class Lift:
         child = request.child
         cache_kind = f"lift-{LIFT_FORMAT.replace('/', '-')}"
         cached = blobs.get_derived(cache_kind, child.sha256)
+        meter = activity.metric_meter()
         if cached is not None:
             lifted = blobs.read_json(cached)
+            metrics.count(meter, metrics.LIFTS, cached="true")
             return LiftResult(child, cached, lifted["binary"]["arch"], len(lifted["functions"]),
                               cached=True)
 
@@ -59,6 +62,8 @@ class Lift:
             lift_sha, _ = blobs.put_file(out)
         blobs.set_derived(cache_kind, child.sha256, lift_sha)
         lifted = blobs.read_json(lift_sha)
+        metrics.count(meter, metrics.LIFTS, cached="false")
+        metrics.count(meter, metrics.FUNCTIONS_LIFTED, len(lifted["functions"]))
         return LiftResult(child, lift_sha, lifted["binary"]["arch"], len(lifted["functions"]),
                           cached=False)
 
@@ -73,7 +78,7 @@ class Lift:
             preexec_fn=lambda: _limit_child(memory),
         )
         last_line = "starting angr"
-        peak_bytes = 0
+        peak_bytes = peak_rss = 0
         stderr_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.lift_timeout_s
@@ -88,6 +93,7 @@ class Lift:
                 if line:
                     last_line = line.decode(errors="replace").strip()
                 peak_bytes = max(peak_bytes, _vm_peak_bytes(proc.pid))
+                peak_rss = max(peak_rss, _vm_peak_bytes(proc.pid, "VmHWM:"))
                 activity.heartbeat(f"{name}: {last_line}")
                 if loop.time() > deadline:
                     raise ApplicationError(
@@ -97,20 +103,28 @@ class Lift:
                     )
             code = await proc.wait()
         finally:
+            if peak_rss:
+                metrics.observe(activity.metric_meter(), metrics.LIFT_PEAK_RSS, peak_rss, "By")
             if proc.returncode is None:  # cancelled, timed out or failed: never leave angr running
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         stderr = (await stderr_task).decode(errors="replace")
+        activity.logger.info("lift child of %s exited with %s, peak RSS %d MiB", name, code,
+                             peak_rss >> 20)
+        if code != EXIT_OK:  # the child's own last words, with this activity's context
+            for line in stderr.strip().splitlines()[-10:]:
+                activity.logger.warning("lift child: %s", line)
         _raise_for_exit(code, stderr, name, settings.lift_memory_mb,
                         near_memory_limit=peak_bytes >= 0.8 * memory)
 
 
-def _vm_peak_bytes(pid: int) -> int:
-    """Peak address space of a running child (0 once it is gone)."""
+def _vm_peak_bytes(pid: int, field: str = "VmPeak:") -> int:
+    """Peak address space of a running child (VmHWM: its peak resident memory); 0 once it
+    is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmPeak:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass

@@ -17,6 +17,7 @@ from api import handlers as h
 from api import references as refs
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
+from api.metrics import RequestMetrics
 from api.schemas import (
     BatchProgressOut,
     BatchQueued,
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     _document_upload_schema(app)
     add_docs(app)
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -72,7 +72,7 @@ class BatchProgressOut(BaseModel):
 
     batch_id: str
     workflow_id: str
-    state: str = Field(description="running, done or cancelled")
+    state: str = Field(description="opening, running, cancelling, done or cancelled")
     source: str = Field(description="workflow (its progress query) or database (no worker "
                         "answered, or the batch has ended)")
     analysis_version: str

@@ -26,6 +26,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from api import metrics
+from common import logs
 from common.config import Settings, load_settings
 
 log = logging.getLogger("api.server")
@@ -152,6 +154,9 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
 
 def main() -> None:
     settings = load_settings()
+    logs.configure("api", secrets=(*settings.api_keys, *settings.internal_api_keys))
+    url = metrics.serve(settings)
+    log.info("metrics: %s", url or "off (AE_METRICS_PORT unset)")
     config = uvicorn.Config(
         "api.app:create_app", factory=True,
         host=os.environ.get("API_HOST", "127.0.0.1"),
@@ -159,6 +164,8 @@ def main() -> None:
         http=guarded_protocol(settings),
         limit_concurrency=settings.max_connections,
         server_header=False,
+        # common/logs.py formats every line; api/metrics.py logs each request with context
+        log_config=None, access_log=False,
     )
     uvicorn.Server(config).run()
 

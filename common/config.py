@@ -25,8 +25,9 @@ class Settings:
     data_dir: Path = field(
         default_factory=lambda: Path(os.environ.get("AE_DATA_DIR", PROJECT_ROOT / "data"))
     )
+    # repr=False: a URL may hold a password, and a Settings may end up in a log line
     database_url_override: str | None = field(
-        default_factory=lambda: os.environ.get("DATABASE_URL")
+        default_factory=lambda: os.environ.get("DATABASE_URL"), repr=False
     )
     temporal_address: str = field(
         default_factory=lambda: os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
@@ -59,15 +60,22 @@ class Settings:
     body_timeout_s: int = field(default_factory=lambda: _env_int("AE_BODY_TIMEOUT_S", 30))
     body_min_rate: int = field(default_factory=lambda: _env_int("AE_BODY_MIN_RATE", 1024))
     max_connections: int = field(default_factory=lambda: _env_int("AE_MAX_CONNECTIONS", 512))
+    # Prometheus: this process's scrape endpoint (0 = none); make up gives each its own.
+    metrics_port: int = field(default_factory=lambda: _env_int("AE_METRICS_PORT", 0))
+    metrics_host: str = field(
+        default_factory=lambda: os.environ.get("AE_METRICS_HOST", "127.0.0.1")
+    )
     # Batch reanalysis: analyses started per workflow run before it continues as new.
     batch_children_per_run: int = field(
         default_factory=lambda: _env_int("AE_BATCH_CHILDREN_PER_RUN", 200)
     )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
-    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"))
+    # Secrets: never in a repr (nor in a log line: common/logs.py masks them there too).
+    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"),
+                                      repr=False)
     internal_api_keys: tuple[str, ...] = field(
-        default_factory=lambda: _env_keys("AE_INTERNAL_API_KEYS")
+        default_factory=lambda: _env_keys("AE_INTERNAL_API_KEYS"), repr=False
     )
 
     @property

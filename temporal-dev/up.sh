@@ -73,13 +73,22 @@ UI_WRITES_FLAG=()
   >"$AE_DATA_DIR/logs/temporal-ui-guard.log" 2>&1 &
 pids+=($!)
 
+# Prometheus: one scrape endpoint per process, on loopback (AE_METRICS_HOST to change).
+AE_API_METRICS_PORT=${AE_API_METRICS_PORT:-9464}
+declare -A WORKER_METRICS_PORT=(
+  [orchestration]=${AE_ORCHESTRATION_METRICS_PORT:-9465}
+  [cpu]=${AE_CPU_METRICS_PORT:-9466}
+  [gpu]=${AE_GPU_METRICS_PORT:-9467}
+)
 for role in orchestration cpu gpu; do
-  "$VENV/bin/python" -m worker --role "$role" >"$AE_DATA_DIR/logs/worker-$role.log" 2>&1 &
+  AE_METRICS_PORT="${WORKER_METRICS_PORT[$role]}" \
+    "$VENV/bin/python" -m worker --role "$role" >"$AE_DATA_DIR/logs/worker-$role.log" 2>&1 &
   pids+=($!)
 done
 
 # api/server.py: uvicorn with time limits for slow clients and a connection cap.
-API_HOST="$API_HOST" API_PORT="$API_PORT" "$VENV/bin/python" -m api.server \
+API_HOST="$API_HOST" API_PORT="$API_PORT" AE_METRICS_PORT="$AE_API_METRICS_PORT" \
+  "$VENV/bin/python" -m api.server \
   >"$AE_DATA_DIR/logs/api.log" 2>&1 &
 pids+=($!)
 wait_for_port "$API_HOST" "$API_PORT" "The API"
@@ -103,6 +112,7 @@ Attribution Engine is up.
   Temporal Web UI:  http://$TEMPORAL_IP:$TEMPORAL_UI_PORT   (write actions: $AE_TEMPORAL_UI_WRITES)
   Temporal gRPC:    $TEMPORAL_ADDRESS
   data and logs:    $AE_DATA_DIR
+  metrics:          API http://127.0.0.1:$AE_API_METRICS_PORT/metrics, workers: orchestration :${WORKER_METRICS_PORT[orchestration]}, cpu :${WORKER_METRICS_PORT[cpu]}, gpu :${WORKER_METRICS_PORT[gpu]} (same path)
 $AUTH_MSG
 Try:  curl ${AUTH_HEADER}-F sample=@/usr/bin/ls http://$API_HOST:$API_PORT/samples
 Ctrl-C stops everything.

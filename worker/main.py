@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.batch import BatchActivities
@@ -31,6 +32,7 @@ from activities.lift import Lift
 from activities.persist import Persist
 from activities.references import References
 from activities.unpack import Unpack
+from common import logs, metrics
 from common.config import Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
@@ -93,21 +95,59 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
     return workers
 
 
+def metrics_runtime(settings: Settings, roles: list[str]) -> Runtime | None:
+    """The Temporal runtime with this process's Prometheus endpoint: the SDK's metrics and
+    the pipeline's (common/metrics.py) on one port. None when AE_METRICS_PORT is unset."""
+    if not settings.metrics_port:
+        return None
+    return Runtime(telemetry=TelemetryConfig(
+        metrics=PrometheusConfig(
+            bind_address=f"{settings.metrics_host}:{settings.metrics_port}",
+            durations_as_seconds=True, histogram_bucket_overrides=metrics.BUCKETS,
+        ),
+        global_tags={"ae_role": "+".join(roles)},
+    ))
+
+
+async def count_in_flight(client: Client, runtime: Runtime, settings: Settings,
+                          interval_s: float = 15.0) -> None:
+    """ae_samples_in_flight: running AnalyzeSample runs of this deployment, from visibility."""
+    query = ("WorkflowType = 'AnalyzeSample' AND ExecutionStatus = 'Running' "
+             f"AND TaskQueue = '{settings.orchestration_queue}'")
+    while True:
+        try:
+            running = (await client.count_workflows(query)).count
+            metrics.set_gauge(runtime.metric_meter, metrics.SAMPLES_IN_FLIGHT, running,
+                              "AnalyzeSample runs not yet closed")
+        except Exception as exc:  # noqa: BLE001 - Temporal away for a while: try again later
+            log.warning("could not count the samples in flight: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
 async def run(roles: list[str]) -> None:
     settings = load_settings()
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    runtime = metrics_runtime(settings, roles)
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
+                                  runtime=runtime or Runtime.default())
     workers = await build_workers(client, settings, roles)
+    gauges = None
+    if runtime is not None and "orchestration" in roles:
+        gauges = asyncio.create_task(count_in_flight(client, runtime, settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker up: roles=%s queues=%s", roles, [w.task_queue for w in workers])
+    log.info("worker up: roles=%s queues=%s metrics=%s", roles, [w.task_queue for w in workers],
+             f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+             if runtime else "off")
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:  # each exits with a graceful shutdown of in-flight work
             await stack.enter_async_context(worker)
         await stop.wait()
         log.info("shutting down: finishing in-flight work for up to %s s",
                  settings.graceful_shutdown_s)
+        if gauges is not None:
+            gauges.cancel()
     log.info("workers stopped")
 
 
@@ -116,7 +156,9 @@ def main() -> None:
     parser.add_argument("--role", default="all", choices=[*ROLES, "all"],
                         help="which task queues to serve (default: all)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings()
+    logs.configure(f"worker-{args.role}",
+                   secrets=(*settings.api_keys, *settings.internal_api_keys))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
     roles = list(ROLES) if args.role == "all" else [args.role]
     asyncio.run(run(roles))

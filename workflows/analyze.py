@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from common import metrics
     from common.contracts import (
         BAD_SAMPLE,
         FAILURE,
@@ -79,16 +80,22 @@ class AnalyzeSample:
         except (ActivityError, ApplicationError, asyncio.CancelledError) as err:
             interrupted = self._stage
             if is_cancelled_exception(err):
+                metrics.count(workflow.metric_meter(), metrics.ANALYSES, outcome="revoked")
                 self._enter(STAGE_REVOKED)
                 await self._record(
                     request, REVOKED, f"revoked by request during stage '{interrupted}'"
                 )
                 raise
             details = f"{interrupted}: {_failure_details(err)}"
+            meter = workflow.metric_meter()
+            metrics.count(meter, metrics.ANALYSES, outcome="failure")
+            metrics.count(meter, metrics.ANALYSIS_FAILURES, stage=interrupted,
+                          type=_failure_type(err))
             self._enter(STAGE_FAILED)
             await self._record(request, FAILURE, details)
             raise ApplicationError(details, type="AnalysisFailed", non_retryable=True) from err
         self._enter("done")
+        metrics.count(workflow.metric_meter(), metrics.ANALYSES, outcome="success")
         return AnalyzeSummary(
             sha256=request.sha256, model_name=request.model_name, verdict=embedded.verdict,
             children=len(unpacked.children), functions=sum(r.functions for r in lifted),
@@ -170,8 +177,11 @@ class AnalyzeSample:
         now_ms = int(workflow.time() * 1000)
         if self._stage_started_ms is not None and self._stage in _TIMED:
             self._stages_ms[self._stage] = now_ms - self._stage_started_ms
+            metrics.observe(workflow.metric_meter(), metrics.STAGE_DURATION,
+                            self._stages_ms[self._stage] / 1000, "s", stage=self._stage)
         self._stage_started_ms = now_ms
         self._stage = stage
+        workflow.logger.info("stage %s", stage)
         workflow.upsert_search_attributes([STAGE.value_set(stage)])
         if workflow.patched("stage-timings-memo"):
             # describe() returns the memo with no worker running: stage timings for REST.
@@ -189,6 +199,20 @@ class AnalyzeSample:
 
 
 _TIMED = frozenset({"unpack", "lift", "embed", "explain", "persist"})
+
+
+def _failure_type(err: BaseException) -> str:
+    """The innermost failure's type (BadSample, MissingSample, a database error, ...), the
+    label of ae_analysis_failures_total."""
+    kind = "unknown"
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type:
+            kind = cause.type
+        elif not isinstance(cause, (ActivityError, ApplicationError)):
+            kind = type(cause).__name__
+        cause = cause.__cause__
+    return kind
 
 
 def _failure_details(err: BaseException) -> str:

@@ -30,7 +30,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from common import search_attributes
+    from common import metrics, search_attributes
     from common.contracts import (
         BATCH_CANCELLED,
         BATCH_DONE,
@@ -165,10 +165,13 @@ class ReanalysisBatch:
     async def _next_sample(self, request: BatchRequest) -> BatchSample | None:
         p = self._require_progress()
         if not self._buffer and not p.exhausted:
+            # Only as many as the window has room for: whether a member is current (done
+            # meanwhile by a submission) is read just before it starts.
+            room = max(1, request.concurrency - len(self._running))
             page = await workflow.execute_activity(
                 "batch_page",
                 BatchPageRequest(p.batch_id, request.model_name, request.model_version,
-                                 p.after_sha256, request.page_size),
+                                 p.after_sha256, min(request.page_size, room)),
                 result_type=BatchPage, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
             )
             self._buffer = list(page.samples)
@@ -183,6 +186,7 @@ class ReanalysisBatch:
         if sample.current and not request.filter.force:
             # the cache rule: a result of the current analysis version is not redone
             await self._record(BatchOutcome(p.batch_id, sample.sha256, SKIPPED))
+            metrics.count(workflow.metric_meter(), metrics.BATCH_SAMPLES, outcome="skipped")
             p.skipped += 1
             return
         self._started_this_run += 1
@@ -226,6 +230,10 @@ class ReanalysisBatch:
             self._left_running += 1
             self._forget(sample)
             return
+        metrics.count(workflow.metric_meter(), metrics.BATCH_SAMPLES,
+                      outcome=outcome.status.lower())
+        workflow.logger.info("member %s: %s (run %s) %s", sample.sha256, outcome.status,
+                             outcome.run_id, outcome.error_details or "")
         if outcome.status == SUCCESS:
             p.done += 1
         elif outcome.status == REVOKED:
@@ -288,7 +296,7 @@ class ReanalysisBatch:
     async def _cancel_members(self) -> None:
         """Cancel the analyses this batch started, wait until each has ended and been
         recorded; stop watching those it joined. Then close the batch as cancelled."""
-        self._state = BATCH_CANCELLED
+        self._state = "cancelling"
         request = self._require_request()
         for sample in list(self._running.values()):
             if sample.own and sample.run_id:
