@@ -15,9 +15,11 @@ import time
 import uuid
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import tracing
 from common.config import Settings
 from common.logs import REQUEST_CONTEXT
 
@@ -61,19 +63,28 @@ class RequestMetrics:
         sha = next((part.lower() for part in path.split("/") if _SHA256.match(part)), "")
         context = {"sha256": sha, "request_id": uuid.uuid4().hex[:16]}
         token = REQUEST_CONTEXT.set(context)
+        method = scope.get("method", "")
         IN_PROGRESS.inc()
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            IN_PROGRESS.dec()
-            operation = _operation(scope)
-            method = scope.get("method", "")
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(operation, method, str(status[0])).inc()
-            LATENCY.labels(operation, method).observe(elapsed)
-            context["operation"] = operation
-            log.info("%s %s %d %.1f ms", method, path, status[0], elapsed * 1000)
-            REQUEST_CONTEXT.reset(token)
+        # a no-op span unless AE_TRACING is on (common/tracing.py)
+        with tracing.tracer().start_as_current_span(
+            f"{method} request", kind=SpanKind.SERVER
+        ) as span:
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                IN_PROGRESS.dec()
+                operation = _operation(scope)
+                elapsed = time.perf_counter() - started
+                REQUESTS.labels(operation, method, str(status[0])).inc()
+                LATENCY.labels(operation, method).observe(elapsed)
+                context["operation"] = operation
+                span.update_name(f"{method} {operation}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.response.status_code", status[0])
+                if sha:
+                    span.set_attribute("ae.sha256", sha)
+                log.info("%s %s %d %.1f ms", method, path, status[0], elapsed * 1000)
+                REQUEST_CONTEXT.reset(token)
 
 
 def _operation(scope: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from api import metrics
-from common import logs
+from common import logs, tracing
 from common.config import Settings, load_settings
 
 log = logging.getLogger("api.server")
@@ -155,6 +155,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
 def main() -> None:
     settings = load_settings()
     logs.configure("api", secrets=(*settings.api_keys, *settings.internal_api_keys))
+    tracing.setup("api", secrets=(*settings.api_keys, *settings.internal_api_keys))
     url = metrics.serve(settings)
     log.info("metrics: %s", url or "off (AE_METRICS_PORT unset)")
     config = uvicorn.Config(

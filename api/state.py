@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 from temporalio.client import Client
 
+from common import tracing
 from common.config import Settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
@@ -32,6 +33,8 @@ class ApiState:
                         Client.connect(
                             self.settings.temporal_address,
                             namespace=self.settings.temporal_namespace,
+                            # AE_TRACING: the request's trace goes on into the workflows
+                            interceptors=tracing.interceptors(),
                         ),
                         timeout=10,
                     )

@@ -38,6 +38,7 @@ from tests.test_faults import (  # the same process helpers as the fault tests
     variant,
     wait_until,
 )
+from tests.test_reanalysis import record_histories
 
 KEY = "batch-internal-key"
 BATCH_SIZE = 50
@@ -277,6 +278,9 @@ async def test_cancel_mid_batch_stops_its_children(services: Services, tmp_path:
             assert row["error_details"].startswith("revoked"), row
         again = await s.api.post(f"/internal/queue/reanalysis/{batch_id}/cancel")
         assert again.status_code == 409, again.text
+        batch_runs = [w async for w in s.client.list_workflows(
+            f"WorkflowId = '{final['workflow_id']}' AND ExecutionStatus = 'Canceled'")]
+        await record_histories(s.client, batch_runs, "batch_cancelled")
 
 
 async def test_batch_operations_refuse_bad_input(services: Services) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,16 @@ from tests.conftest import (
     submit,
     wait_for_final,
 )
+
+
+async def record_histories(client: Client, runs: list, name: str) -> None:  # noqa: ANN001
+    """AE_RECORD_HISTORIES=DIR: keep these runs' histories for tests/test_replay.py."""
+    target = os.environ.get("AE_RECORD_HISTORIES")
+    if not target:
+        return
+    for index, run in enumerate(sorted(runs, key=lambda r: r.start_time)):
+        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        Path(target, f"{name}_{index}.json").write_text(history.to_json())
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +90,7 @@ async def test_model_update_reanalyses_every_sample(
     runs = [r async for r in client.list_workflows(
         f"WorkflowId = 'reanalyze/{MODEL_NAME}/{version}'")]
     assert len(runs) >= 3  # one start per run
+    await record_histories(client, runs, "batch_continue_as_new")
 
     for sha in samples:
         described = await client.get_workflow_handle(workflow_id(MODEL_NAME, sha)).describe()

@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 from common.contracts import MODEL_NAME, workflow_id
 from tests.conftest import submit, wait_for_final
 from workflows.analyze import AnalyzeSample
+from workflows.batch import ReanalysisBatch
 from workflows.reference import AddReference
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -28,13 +29,15 @@ def committed_histories() -> list[Path]:
 def test_there_are_committed_histories() -> None:
     names = {p.stem for p in committed_histories()}
     assert {"analyze_success", "analyze_bad_sample", "analyze_success_references",
-            "reference_success"} <= names
+            "reference_success", "batch_continue_as_new_0", "batch_continue_as_new_1",
+            "batch_cancelled_0"} <= names
 
 
 @pytest.mark.parametrize("path", committed_histories(), ids=lambda p: p.stem)
 async def test_committed_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json("recorded", path.read_text())
-    result = await Replayer(workflows=[AnalyzeSample, AddReference]).replay_workflow(history)
+    replayer = Replayer(workflows=[AnalyzeSample, AddReference, ReanalysisBatch])
+    result = await replayer.replay_workflow(history)
     assert result.replay_failure is None
 
 

@@ -32,7 +32,7 @@ from activities.lift import Lift
 from activities.persist import Persist
 from activities.references import References
 from activities.unpack import Unpack
-from common import logs, metrics
+from common import logs, metrics, tracing
 from common.config import Settings, load_settings
 from store.blobs import BlobStore
 from store.db import PredictionStore
@@ -127,8 +127,11 @@ async def count_in_flight(client: Client, runtime: Runtime, settings: Settings,
 async def run(roles: list[str]) -> None:
     settings = load_settings()
     runtime = metrics_runtime(settings, roles)
+    tracing.setup(f"worker-{'+'.join(roles)}",
+                  secrets=(*settings.api_keys, *settings.internal_api_keys))
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                  runtime=runtime or Runtime.default())
+                                  runtime=runtime or Runtime.default(),
+                                  interceptors=tracing.interceptors())
     workers = await build_workers(client, settings, roles)
     gauges = None
     if runtime is not None and "orchestration" in roles:
