@@ -215,7 +215,7 @@ HOSTILE_SEGMENT = st.one_of(
 @pytest.mark.parametrize(("method", "path"), [(r[0], r[1]) for r in ROUTES])
 def test_every_operation_answers_2xx_or_4xx(http: httpx.Client, method: str, path: str) -> None:
     known = _new_row(http)
-    names = ("sha256_hash", "model_name", "model", "celery_task_id")
+    names = ("sha256_hash", "model_name", "model", "celery_task_id", "batch_id")
 
     @given(
         segments=st.fixed_dictionaries({
