@@ -182,8 +182,8 @@ def reanalysis_id(model_name: str, model_version: str) -> str:
 #   stale           lacking a SUCCESS of the current analysis version (failed ones only
 #                   with include_failed): what Queue Reanalysis always did
 #   all             every stored sample
-#   outdated        those with a result of another analysis version (model or index)
-#   outdated-model  those with a result of another model version
+#   outdated        those analysed (any outcome) by another analysis version (model or index)
+#   outdated-model  those analysed by another model version
 SELECTIONS = ("stale", "all", "outdated", "outdated-model")
 # Final states of a batch member: the sample's own outcome, or SKIPPED when it already had
 # a current result by the time its turn came (the cache rule; force=true redoes it).
