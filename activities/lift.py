@@ -103,12 +103,13 @@ class Lift:
                     )
             code = await proc.wait()
         finally:
-            if peak_rss:
-                metrics.observe(activity.metric_meter(), metrics.LIFT_PEAK_RSS, peak_rss, "By")
             if proc.returncode is None:  # cancelled, timed out or failed: never leave angr running
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+            if peak_rss:
+                metrics.observe(activity.metric_meter(), metrics.LIFT_PEAK_RSS, float(peak_rss),
+                                "By")
         stderr = (await stderr_task).decode(errors="replace")
         activity.logger.info("lift child of %s exited with %s, peak RSS %d MiB", name, code,
                              peak_rss >> 20)
