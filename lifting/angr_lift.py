@@ -213,8 +213,8 @@ def _fragments(obj: Any, cfg: Any, candidates: list[Any], ranges: list[tuple[int
     the unreached case blocks and makes each a function of its own. Rule: a function
     F that starts strictly inside the unwind range (.eh_frame FDE or PE .pdata record:
     start and length) of a function H, does not itself start at a function symbol
-    (.symtab or .dynsym) or an unwind entry, is pointed at by nothing, and is called
-    or jumped to from nothing outside H's range, is a piece of H (calls from a jump
+    (.symtab or .dynsym) or an unwind entry, and is pointed at, called or jumped to
+    from nothing outside H's range, is a piece of H (calls from a jump
     table angr did resolve are allowed: ARM `add lr, pc` tables look like calls).
 
     Real functions start at a symbol or unwind entry, or are called or pointed at,
@@ -246,11 +246,12 @@ def _fragments(obj: Any, cfg: Any, candidates: list[Any], ranges: list[tuple[int
 
 
 def _only_reached_from(cfg: Any, func: Any, start: int, end: int) -> bool:
-    """Nothing points at the function, nothing outside [start, end) jumps to it, and
-    nothing calls it but a jump table (ARM `add lr, pc, #4; ldr pc, ...` tables look
-    like calls to angr)."""
-    if any(True for _ in cfg.kb.xrefs.get_xrefs_by_dst(func.addr)):
-        return False
+    """Nothing outside [start, end) points at the function or jumps to it, and nothing
+    calls it but a jump table (ARM `add lr, pc, #4; ldr pc, ...` tables look like calls
+    to angr). Code inside the range may take its address (AArch64 `adr` of a label)."""
+    for xref in cfg.kb.xrefs.get_xrefs_by_dst(func.addr):
+        if xref.ins_addr is None or not start <= (xref.ins_addr & ~1) < end:
+            return False
     node = cfg.model.get_any_node(func.addr)
     if node is None:
         return False
