@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16
 .PHONY: up test lint venv test-deps index clean-data
 
 # System packages the tests build real binaries with (Debian names).
-TEST_DEBS := gcc clang lld zlib1g-dev
+TEST_DEBS := gcc clang lld zlib1g-dev gcc-aarch64-linux-gnu gcc-i686-linux-gnu \
+             gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-i386-cross \
+             libc6-dev-armhf-cross
 
 venv: $(STAMP)
 
