@@ -25,9 +25,10 @@ FUNC_BUCKETS = 2048
 # A function is embedded whole up to MAX_BLOCKS blocks, the Embedder's per-batch block
 # budget (one such function is one batch); a larger one keeps its first MAX_BLOCKS
 # blocks by address and the edges among them. Measured on 2 CPU cores
-# (bench/lift_functions.md): a 3,235-block function embeds in 0.35 s, a 19,410-block
-# one in 1.3 s and about 0.2 GB more memory. Until ae-lift/3 the cut was 400 blocks,
-# which embedded a switch-heavy function from its head only.
+# (bench/lift_functions.md, two runs on a shared machine): a 3,235-block function
+# embeds in 0.35-1.1 s, a 19,410-block one in 1.3-3.4 s and about 0.2 GB more memory.
+# Until ae-lift/3 the cut was 400 blocks, which embedded a switch-heavy function from
+# its head only.
 MAX_BLOCKS = 20000
 _CONFIG = FeatureConfig()  # strip widths, drop PUT: the cross-arch friendly setting
 
