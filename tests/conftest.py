@@ -25,6 +25,7 @@ from common import search_attributes
 from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
 from tests.postgres import LocalPostgres, local_postgres
+from tests.s3 import LocalS3, local_s3
 from worker.main import build_workers
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
@@ -58,6 +59,14 @@ def postgres() -> Iterator[LocalPostgres]:
     """One PostgreSQL server for the session (started on first use); tests take a fresh
     database of it each."""
     with local_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """One S3-compatible server for the session (started on first use); tests take a
+    fresh bucket of it each."""
+    with local_s3() as server:
         yield server
 
 
