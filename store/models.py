@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# 2: the `references` table (create_all adds it to a database of schema 1 at start).
+# The schema number Alembic's newest migration writes into store_info (store/migrations:
+# 0001 = schema 1; 0002 = schema 2, the `references` and `revocations` tables). A change
+# to these tables is a new migration that also raises this number.
 SCHEMA_VERSION = "2"
 
 

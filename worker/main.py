@@ -31,7 +31,8 @@ from activities.persist import Persist
 from activities.references import References
 from activities.unpack import Unpack
 from common.config import Settings, load_settings
-from store.blobs import BlobStore
+from common.temporal import connect
+from store.blobs import open_blobs
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
 from workflows.reanalyze import ReanalyzeAll
@@ -43,7 +44,9 @@ log = logging.getLogger("worker")
 
 async def build_workers(client: Client, settings: Settings, roles: list[str]) -> list[Worker]:
     """The workers for the given roles, sharing one blob store and database handle."""
-    deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir))
+    blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
+                       settings.s3_region)
+    deps = Deps(settings=settings, blobs=blobs)
     workers = []
     # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
     # and retried on another worker of their kind.
@@ -60,6 +63,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 activities=[persist.persist_results, persist.record_status,
                             explain.explain_results, catalog.samples_to_reanalyze,
                             references.reference_set, references.record_reference],
+                max_concurrent_activities=settings.orchestration_slots,
                 graceful_shutdown_timeout=grace,
             )
         )
@@ -80,8 +84,8 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
             Worker(
                 client, task_queue=settings.gpu_queue,
                 activities=[embed.embed_compare, embed_reference.embed_reference],
-                max_concurrent_activities=1,
-                activity_executor=ThreadPoolExecutor(max_workers=2),
+                max_concurrent_activities=settings.gpu_slots,
+                activity_executor=ThreadPoolExecutor(max_workers=settings.gpu_slots + 1),
                 graceful_shutdown_timeout=grace,
             )
         )
@@ -90,7 +94,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
 
 async def run(roles: list[str]) -> None:
     settings = load_settings()
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    client = await connect(settings)
     workers = await build_workers(client, settings, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
