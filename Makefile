@@ -5,9 +5,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16
 
 .PHONY: up test lint venv test-deps apt-sources index clean-data
 
-# System packages the tests build real binaries with, and the browser that renders
-# /docs offline (Debian names).
-TEST_DEBS := gcc clang lld zlib1g-dev chromium dpkg-dev
+# System packages the tests build real binaries with (native and cross compilers), the
+# browser that renders /docs offline, and the PostgreSQL server the store and pipeline
+# tests start for their PostgreSQL half (tests/postgres.py: a temporary data directory,
+# a free loopback port, run as `nobody`) (Debian names).
+TEST_DEBS := gcc clang lld zlib1g-dev chromium dpkg-dev postgresql gcc-aarch64-linux-gnu \
+             gcc-i686-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross \
+             libc6-dev-i386-cross libc6-dev-armhf-cross
 
 venv: $(STAMP)
 

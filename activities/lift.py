@@ -48,20 +48,23 @@ class Lift:
         blobs = self.deps.blobs
         child = request.child
         cache_kind = f"lift-{LIFT_FORMAT.replace('/', '-')}"
-        cached = blobs.get_derived(cache_kind, child.sha256)
+        # The cache lives in the blob store, so a lift done on one machine serves them
+        # all. Blob I/O (S3 requests, downloads) runs in threads: heartbeats go on.
+        cached = await asyncio.to_thread(blobs.get_derived, cache_kind, child.sha256)
         meter = activity.metric_meter()
         if cached is not None:
-            lifted = blobs.read_json(cached)
+            lifted = await asyncio.to_thread(blobs.read_json, cached)
             metrics.count(meter, metrics.LIFTS, cached="true")
             return LiftResult(child, cached, lifted["binary"]["arch"], len(lifted["functions"]),
                               cached=True)
 
-        with tempfile.TemporaryDirectory(dir=blobs.root / "tmp", prefix="lift-") as work:
+        with tempfile.TemporaryDirectory(dir=blobs.scratch, prefix="lift-") as work:
             out = Path(work) / "lift.json.gz"
-            await self._run_child(str(blobs.path(child.sha256)), str(out), child.name)
-            lift_sha, _ = blobs.put_file(out)
-        blobs.set_derived(cache_kind, child.sha256, lift_sha)
-        lifted = blobs.read_json(lift_sha)
+            async with blobs.local_copy_async(child.sha256) as sample:
+                await self._run_child(str(sample), str(out), child.name)
+            lift_sha, _ = await asyncio.to_thread(blobs.put_file, out)
+        await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
+        lifted = await asyncio.to_thread(blobs.read_json, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
         metrics.count(meter, metrics.FUNCTIONS_LIFTED, len(lifted["functions"]))
         return LiftResult(child, lift_sha, lifted["binary"]["arch"], len(lifted["functions"]),

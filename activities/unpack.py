@@ -25,7 +25,7 @@ class Unpack:
             # The API stores the blob before starting the workflow; a missing blob means
             # the blob directory was wiped or is not shared with this worker.
             raise ApplicationError(
-                f"sample {request.sha256} is not in the blob store at {blobs.root}",
+                f"sample {request.sha256} is not in the blob store at {blobs.location}",
                 type="MissingSample",
             )
         try:

@@ -37,7 +37,7 @@ from api.state import ApiState
 from api.text import validation_errors
 from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
 from common.config import API_VERSION, Settings, load_settings
-from store.blobs import BlobStore
+from store.blobs import open_blobs
 from store.db import PredictionStore
 
 EXTERNAL, INTERNAL = "External", "Internal"
@@ -139,7 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = PredictionStore(settings.database_url)
         await store.init_schema()
-        app.state.ae = ApiState(settings=settings, blobs=BlobStore(settings.blob_dir), store=store)
+        blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
+                           settings.s3_region)
+        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store)
         try:
             yield
         finally:

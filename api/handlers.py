@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -139,7 +140,7 @@ async def queue_status(state: State, sha256_hash: Sha256Hash) -> dict[str, str]:
 
 async def queue_festive_task(state: State, sha256_hash: Sha256Hash) -> dict[str, str]:
     sha256 = sha256_hash.lower()
-    if not state.blobs.exists(sha256):
+    if not await asyncio.to_thread(state.blobs.exists, sha256):
         raise HTTPException(404, f"sample {sha256} is not stored; submit it first")
     sample = await state.store.get_sample(sha256)
     await _start_if_needed(state, sha256, MODEL_NAME, sample.filename if sample else "")

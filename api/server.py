@@ -154,8 +154,8 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
 
 def main() -> None:
     settings = load_settings()
-    logs.configure("api", secrets=(*settings.api_keys, *settings.internal_api_keys))
-    tracing.setup("api", secrets=(*settings.api_keys, *settings.internal_api_keys))
+    logs.configure("api", secrets=logs.secrets_of(settings))
+    tracing.setup("api", secrets=logs.secrets_of(settings))
     url = metrics.serve(settings)
     log.info("metrics: %s", url or "off (AE_METRICS_PORT unset)")
     config = uvicorn.Config(

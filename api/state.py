@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 from temporalio.client import Client
 
-from common import tracing
 from common.config import Settings
+from common.temporal import connect
 from store.blobs import BlobStore
 from store.db import PredictionStore
 
@@ -29,15 +29,7 @@ class ApiState:
         async with self._connect_lock:
             if self.client is None:
                 try:
-                    self.client = await asyncio.wait_for(
-                        Client.connect(
-                            self.settings.temporal_address,
-                            namespace=self.settings.temporal_namespace,
-                            # AE_TRACING: the request's trace goes on into the workflows
-                            interceptors=tracing.interceptors(),
-                        ),
-                        timeout=10,
-                    )
+                    self.client = await asyncio.wait_for(connect(self.settings), timeout=10)
                 except Exception as exc:
                     raise HTTPException(
                         503,

@@ -15,6 +15,11 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _env(name: str) -> str | None:
+    """A variable's value, None when unset or empty."""
+    return os.environ.get(name) or None
+
+
 def _env_keys(name: str) -> tuple[str, ...]:
     """A comma-separated list of API keys; blanks around and between commas are ignored."""
     return tuple(key.strip() for key in os.environ.get(name, "").split(",") if key.strip())
@@ -35,7 +40,32 @@ class Settings:
     temporal_namespace: str = field(
         default_factory=lambda: os.environ.get("TEMPORAL_NAMESPACE", "default")
     )
+    # TLS to the frontend: a client certificate and key (mTLS) and/or the server's CA
+    # (PEM files); an API key (Temporal Cloud) is sent as a Bearer token, over TLS.
+    temporal_tls_cert: str | None = field(default_factory=lambda: _env("TEMPORAL_TLS_CERT"))
+    temporal_tls_key: str | None = field(default_factory=lambda: _env("TEMPORAL_TLS_KEY"))
+    temporal_tls_ca: str | None = field(default_factory=lambda: _env("TEMPORAL_TLS_CA"))
+    temporal_tls_server_name: str | None = field(
+        default_factory=lambda: _env("TEMPORAL_TLS_SERVER_NAME")
+    )
+    temporal_api_key: str | None = field(default_factory=lambda: _env("TEMPORAL_API_KEY"),
+                                         repr=False)
     queue_prefix: str = field(default_factory=lambda: os.environ.get("AE_QUEUE_PREFIX", "ae"))
+    # Task queue names; unset, `<prefix>-orchestration`, `<prefix>-cpu`, `<prefix>-gpu`.
+    orchestration_queue_override: str | None = field(
+        default_factory=lambda: _env("AE_ORCHESTRATION_QUEUE")
+    )
+    cpu_queue_override: str | None = field(default_factory=lambda: _env("AE_CPU_QUEUE"))
+    gpu_queue_override: str | None = field(default_factory=lambda: _env("AE_GPU_QUEUE"))
+    # Activities one worker process runs at once, per queue (cpu: AE_CPU_SLOTS below).
+    orchestration_slots: int = field(
+        default_factory=lambda: _env_int("AE_ORCHESTRATION_SLOTS", 50)
+    )
+    gpu_slots: int = field(default_factory=lambda: _env_int("AE_GPU_SLOTS", 1))
+    # Blob store: a directory (default $AE_DATA_DIR/blobs) or s3://bucket/prefix.
+    blob_url_override: str | None = field(default_factory=lambda: _env("AE_BLOB_URL"))
+    s3_endpoint_url: str | None = field(default_factory=lambda: _env("AE_S3_ENDPOINT_URL"))
+    s3_region: str | None = field(default_factory=lambda: _env("AE_S3_REGION"))
     max_upload_bytes: int = field(
         default_factory=lambda: _env_int("AE_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
     )
@@ -83,6 +113,15 @@ class Settings:
         return Path(os.environ.get("AE_BLOB_DIR", self.data_dir / "blobs"))
 
     @property
+    def blob_url(self) -> str:
+        return self.blob_url_override or str(self.blob_dir)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """This machine's temporary files (incoming uploads, lifts, copies from S3)."""
+        return Path(os.environ.get("AE_SCRATCH_DIR", self.data_dir / "scratch"))
+
+    @property
     def database_url(self) -> str:
         if self.database_url_override:
             return self.database_url_override
@@ -90,15 +129,15 @@ class Settings:
 
     @property
     def orchestration_queue(self) -> str:
-        return f"{self.queue_prefix}-orchestration"
+        return self.orchestration_queue_override or f"{self.queue_prefix}-orchestration"
 
     @property
     def cpu_queue(self) -> str:
-        return f"{self.queue_prefix}-cpu"
+        return self.cpu_queue_override or f"{self.queue_prefix}-cpu"
 
     @property
     def gpu_queue(self) -> str:
-        return f"{self.queue_prefix}-gpu"
+        return self.gpu_queue_override or f"{self.queue_prefix}-gpu"
 
 
 def load_settings() -> Settings:

@@ -38,6 +38,14 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+(@)")
 MASK = "***"
 
 
+def secrets_of(settings: Any) -> tuple[str, ...]:
+    """The secrets a process holds (common.config.Settings), to mask wherever they appear:
+    the API keys, Temporal's API key, and the AWS secret boto3 reads from the environment."""
+    found = [*settings.api_keys, *settings.internal_api_keys, settings.temporal_api_key,
+             os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
+    return tuple(s for s in found if s)
+
+
 def configure(service: str, level: int = logging.INFO, fmt: str | None = None,
               secrets: Iterable[str] = ()) -> None:
     """Root logging for a process: one handler on stderr, format from AE_LOG_FORMAT."""

@@ -7,6 +7,7 @@ blob store and be read without angr.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import logging
 import re
@@ -14,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-LIFT_FORMAT = "ae-lift/2"  # /2: referenced strings are filled in
+# /2: referenced strings are filled in. /3: addresses are the file's own virtual
+# addresses (as `nm`/objdump show them), jump-table fragments are merged into their
+# function (see _fragments), `stripped` means "no static symbol table".
+LIFT_FORMAT = "ae-lift/3"
 
 # Function names of compiler/runtime scaffolding: never worth attributing.
 RUNTIME_FUNCTIONS = frozenset(
@@ -58,8 +62,12 @@ def lift_binary(
     path: str,
     progress: Callable[[str], None] | None = None,
     max_functions: int | None = None,
+    merge_fragments: bool = True,
 ) -> dict[str, Any]:
-    """Recover functions with CFGFast and return their blocks, edges and VEX statements."""
+    """Recover functions with CFGFast and return their blocks, edges and VEX statements.
+
+    merge_fragments=False keeps angr's own function split (for measuring the merge).
+    """
     _quiet_angr()
     import angr  # heavy: imported only where lifting actually happens
 
@@ -77,13 +85,24 @@ def lift_binary(
     cfg = project.analyses.CFGFast(normalize=True, data_references=True, show_progressbar=False)
     say(f"cfg: {len(cfg.kb.functions)} functions")
 
+    to_file = _file_addresses(obj)
+    candidates = [
+        func for func in sorted(cfg.kb.functions.values(), key=lambda f: f.addr)
+        if not (func.is_plt or func.is_simprocedure or func.is_syscall or func.is_alignment)
+        and obj.contains_addr(func.addr)
+    ]
+    ranges = _unwind_ranges(obj)
+    starts = _padded_starts(obj, cfg, candidates, ranges)
+    parts = _fragments(obj, cfg, candidates, ranges, starts) if merge_fragments else {}
+    absorbed = {frag.addr for frags in parts.values() for frag in frags}
+    say(f"merged {len(absorbed)} jump-table fragments into {len(parts)} functions")
+
     functions: list[dict[str, Any]] = []
-    for func in sorted(cfg.kb.functions.values(), key=lambda f: f.addr):
-        if func.is_plt or func.is_simprocedure or func.is_syscall or func.is_alignment:
+    for func in candidates:
+        if func.addr in absorbed:
             continue
-        if not obj.contains_addr(func.addr):
-            continue
-        record = _lift_function(project, cfg, func)
+        record = _lift_function(project, cfg, func, parts.get(func.addr, []), to_file,
+                                starts.get(func.addr))
         if record is not None:
             functions.append(record)
         if len(functions) % 200 == 0:
@@ -98,54 +117,240 @@ def lift_binary(
             "arch": arch.name,
             "bits": arch.bits,
             "endness": str(arch.memory_endness),
-            "entry": hex(project.entry),
-            "stripped": not any(f.get("name") for f in functions),
+            "entry": hex(to_file(project.entry)),
+            "stripped": is_stripped(path, obj, functions),
+            "fragments_merged": len(absorbed),
         },
         "functions": functions,
     }
 
 
-def _lift_function(project: Any, cfg: Any, func: Any) -> dict[str, Any] | None:
-    blocks = sorted(func.blocks, key=lambda b: b.addr)
+def _is_arm(arch: Any) -> bool:
+    return arch.name.startswith("ARM")  # ARMEL, ARMHF, ARMCortexM (not AARCH64)
+
+
+def _file_addresses(obj: Any) -> Callable[[int], int]:
+    """angr address -> the address the file itself uses, as `nm` and objdump print it.
+
+    angr maps position-independent objects at a base of its choosing (0x400000 for a
+    shared object linked at 0) and marks ARM Thumb code with an odd address; GNU nm
+    and objdump print Thumb functions with the low bit cleared (st_value keeps it), so
+    it is cleared here too and the function's "thumb" flag keeps the mode.
+    """
+    shift = obj.mapped_base - obj.linked_base
+    if _is_arm(obj.arch):
+        return lambda addr: (addr - shift) & ~1
+    return lambda addr: addr - shift
+
+
+def is_stripped(path: str, obj: Any, functions: list[dict[str, Any]]) -> bool:
+    """No static symbol table: ELF without .symtab, PE without COFF symbols.
+
+    A stripped shared object keeps .dynsym, so angr still names its exported
+    functions; that does not make it unstripped. Other formats (Mach-O), and headers
+    too damaged to read here though cle loaded them: no function carries a name.
+    """
+    import pefile  # cle's own PE parser
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    kind = obj.__class__.__name__
+    try:
+        if kind.startswith("ELF"):
+            with open(path, "rb") as handle:
+                return not any(section["sh_type"] == "SHT_SYMTAB"
+                               for section in ELFFile(handle).iter_sections())
+        if kind == "PE":
+            return int(pefile.PE(path, fast_load=True).FILE_HEADER.NumberOfSymbols) == 0
+    except (ELFError, pefile.PEFormatError, OSError, ValueError, KeyError):
+        pass
+    return not any(f.get("name") for f in functions)
+
+
+def _unwind_ranges(obj: Any) -> list[tuple[int, int]]:
+    """[start, end) of each function as the unwind tables record it (angr's addresses,
+    Thumb bit cleared): ELF .eh_frame FDEs and PE .pdata records, via cle's hints."""
+    from cle.backends.backend import FunctionHintSource
+
+    return sorted({(h.addr & ~1, (h.addr & ~1) + h.size) for h in obj.function_hints
+                   if h.size and h.source == FunctionHintSource.EH_FRAME})
+
+
+def _padded_starts(obj: Any, cfg: Any, candidates: list[Any],
+                   ranges: list[tuple[int, int]]) -> dict[int, int]:
+    """Functions angr starts in the padding before an unwind entry: {angr start: entry}.
+
+    gcc pads i686 functions with multi-byte no-ops (`lea 0x0(%esi),%esi`); CFGFast's
+    complete scan sometimes starts a function there and runs on into the next
+    function without splitting at its .eh_frame start, so the function would be
+    reported a few bytes before its symbol. Such a function is reported from the
+    unwind entry instead, its first block lifted again from there.
+    """
+    range_starts = [start for start, _ in ranges]
+    known = set(range_starts) | _symbol_starts(obj)
+    out: dict[int, int] = {}
+    for func in candidates:
+        addr = func.addr & ~1
+        node = cfg.model.get_any_node(func.addr)
+        if addr in known or node is None:
+            continue
+        i = bisect.bisect_right(range_starts, addr)
+        if i < len(range_starts) and range_starts[i] < addr + node.size:
+            out[func.addr] = range_starts[i] | (func.addr & 1)
+    return out
+
+
+def _symbol_starts(obj: Any) -> set[int]:
+    return {sym.rebased_addr & ~1 for sym in obj.symbols if sym.is_function and sym.rebased_addr}
+
+
+def _fragments(obj: Any, cfg: Any, candidates: list[Any], ranges: list[tuple[int, int]],
+               starts: dict[int, int]) -> dict[int, list[Any]]:
+    """Pieces of a function that CFGFast split off, keyed by the function they belong to.
+
+    When angr cannot resolve a jump table (gcc/clang AArch64 tables of relative
+    offsets, i686 GOT-relative tables, ARM `add pc` tables), its complete scan finds
+    the unreached case blocks and makes each a function of its own. Rule: a function
+    F that starts strictly inside the unwind range (.eh_frame FDE or PE .pdata record:
+    start and length) of a function H, does not itself start at a function symbol
+    (.symtab or .dynsym) or an unwind entry, and is pointed at, called or jumped to
+    from nothing outside H's range, is a piece of H (calls from a jump
+    table angr did resolve are allowed: ARM `add lr, pc` tables look like calls).
+
+    Real functions start at a symbol or unwind entry, or are called or pointed at,
+    so they stay functions (bench/lift_functions.md checks this against the -g twin).
+    Not covered: code without such ranges. armhf's .ARM.exidx records only starts,
+    and linkers merge runs of identical entries, so the extent of a function is not
+    known there; a rule without extents (merge everything up to the next known start
+    after a function with a table-lookup jump) was tried and swallowed real functions
+    of cmark (static re2c scanners, only pointed at through PC-relative arithmetic that
+    angr records no reference for), so angr's split is kept on such code.
+    """
+    known = {start for start, _ in ranges} | _symbol_starts(obj)
+    by_start = {starts.get(func.addr, func.addr) & ~1: func for func in candidates}
+    range_starts = [start for start, _ in ranges]
+    parts: dict[int, list[Any]] = {}
+    for func in candidates:
+        addr = func.addr & ~1
+        if addr in known or func.addr in starts:
+            continue
+        i = bisect.bisect_right(range_starts, addr) - 1
+        if i < 0:
+            continue
+        start, end = ranges[i]
+        host = by_start.get(start)
+        if host is None or not start < addr < end or not _only_reached_from(cfg, func, start, end):
+            continue
+        parts.setdefault(host.addr, []).append(func)
+    return parts
+
+
+def _only_reached_from(cfg: Any, func: Any, start: int, end: int) -> bool:
+    """Nothing outside [start, end) points at the function or jumps to it, and nothing
+    calls it but a jump table (ARM `add lr, pc, #4; ldr pc, ...` tables look like calls
+    to angr). Code inside the range may take its address (AArch64 `adr` of a label)."""
+    for xref in cfg.kb.xrefs.get_xrefs_by_dst(func.addr):
+        if xref.ins_addr is None or not start <= (xref.ins_addr & ~1) < end:
+            return False
+    node = cfg.model.get_any_node(func.addr)
+    if node is None:
+        return False
+    for pred, kind in cfg.model.get_predecessors_and_jumpkinds(node):
+        if not start <= (pred.addr & ~1) < end:
+            return False
+        jump = cfg.indirect_jumps.get(pred.addr)
+        if kind == "Ijk_Call" and not (jump is not None and jump.jumptable):
+            return False
+    return True
+
+
+def _lift_function(project: Any, cfg: Any, func: Any, fragments: list[Any],
+                   to_file: Callable[[int], int], start: int | None = None
+                   ) -> dict[str, Any] | None:
+    """One function (plus the fragments merged into it) as blocks, edges, VEX, calls.
+
+    start: where the function really begins when angr began it in padding before
+    (_padded_starts); its first block is lifted again from there.
+    """
+    pieces = [func, *fragments]
+    blocks = sorted({b.addr: b for piece in pieces for b in piece.blocks}.values(),
+                    key=lambda b: b.addr)
     if not blocks:
         return None
-    index = {b.addr: i for i, b in enumerate(blocks)}
+    index = {b.addr: i for i, b in enumerate(blocks)}  # angr's addresses, as in its graph
+    if start is not None and blocks[0].addr == func.addr < start < func.addr + blocks[0].size:
+        first = blocks[0]
+        blocks[0] = project.factory.block(start, size=first.addr + first.size - start)
+    else:
+        start = None
     block_records = []
     for block in blocks:
         try:
             irsb = block.vex
         except Exception:  # undecodable bytes inside a function: keep the shape, drop IR
-            block_records.append({"addr": hex(block.addr), "size": block.size, "vex": []})
+            block_records.append({"addr": hex(to_file(block.addr)), "size": block.size, "vex": []})
             continue
         statements = [str(stmt) for stmt in irsb.statements if stmt.tag != "Ist_IMark"]
         statements.append(f"NEXT {irsb.jumpkind} {irsb.next}")
-        block_records.append({"addr": hex(block.addr), "size": block.size, "vex": statements})
+        block_records.append({"addr": hex(to_file(block.addr)), "size": block.size,
+                              "vex": statements})
 
-    edges = []
-    for src, dst in func.graph.edges():
-        if src.addr in index and dst.addr in index:
-            edges.append([index[src.addr], index[dst.addr]])
+    edges: list[list[int]] = []
+    for piece in pieces:
+        for src, dst in piece.graph.edges():
+            if src.addr in index and dst.addr in index:
+                edges.append([index[src.addr], index[dst.addr]])
+    if fragments:
+        edges = _fragment_edges(cfg, func, fragments, index, edges)
 
-    calls = []
-    for site in func.get_call_sites():
-        target = func.get_call_target(site)
-        callee = cfg.kb.functions.function(addr=target) if target is not None else None
-        if callee is not None and not callee.name.startswith("Unresolvable"):
-            calls.append(callee.name if (callee.is_plt or callee.is_simprocedure) else "")
-    strings = _referenced_strings(cfg, func)
+    calls: list[str] = []
+    for piece in pieces:
+        for site in piece.get_call_sites():
+            target = piece.get_call_target(site)
+            callee = cfg.kb.functions.function(addr=target) if target is not None else None
+            if callee is not None and not callee.name.startswith("Unresolvable") and (
+                    callee.is_plt or callee.is_simprocedure):
+                calls.append(callee.name)
+    strings: list[str] = []
+    for piece in pieces:
+        strings += [s for s in _referenced_strings(cfg, piece) if s not in strings]
 
     name = func.name
     is_auto_name = name.startswith("sub_") or name == f"sub_{func.addr:x}"
     return {
-        "addr": hex(func.addr),
+        "addr": hex(to_file(start if start is not None else func.addr)),
         "name": None if is_auto_name else name,
         "size": sum(b.size for b in blocks),
         "blocks": block_records,
         "edges": edges,
-        "calls": [c for c in calls if c],
-        "strings": strings,
+        "calls": calls,
+        "strings": strings[:16],
         "runtime": name in RUNTIME_FUNCTIONS,
+        "thumb": _is_arm(project.arch) and bool(func.addr & 1),
     }
+
+
+def _fragment_edges(cfg: Any, func: Any, fragments: list[Any], index: dict[int, int],
+                    edges: list[list[int]]) -> list[list[int]]:
+    """Edges of a merged function: each piece's own, the CFG's jumps between pieces,
+    and one edge from each unresolved indirect jump to every fragment nothing reaches
+    (the jump-table edges angr could not compute)."""
+    seen = {(s, d) for s, d in edges}
+    for addr in index:
+        node = cfg.model.get_any_node(addr)
+        if node is None:
+            continue
+        for succ, kind in cfg.model.get_successors_and_jumpkinds(node):
+            if succ.addr in index and not (kind == "Ijk_Call" and succ.addr == func.addr):
+                seen.add((index[addr], index[succ.addr]))
+    entered = {d for s, d in seen if s != d}
+    orphans = [index[frag.addr] for frag in fragments
+               if frag.addr in index and index[frag.addr] not in entered]
+    dispatchers = [index[jump.addr] for jump in cfg.indirect_jumps.values()
+                   if jump.addr in index and jump.jumpkind == "Ijk_Boring"
+                   and not jump.resolved_targets]
+    seen.update((src, dst) for src in dispatchers for dst in orphans)
+    return [[s, d] for s, d in sorted(seen)]
 
 
 def _referenced_strings(cfg: Any, func: Any, limit: int = 16) -> list[str]:

@@ -1,12 +1,19 @@
-"""Content-addressed blob directory: samples, unpacked children and lifted functions.
+"""The content-addressed blob store: samples, unpacked children, lifted functions, results.
 
-Paths are derived from sha256 digests only, never from user-supplied names, so a hostile
-filename can never choose where bytes land. Writes go to a temporary file in the same
-directory tree and are renamed into place, so a reader never sees a half-written blob.
+One interface, two implementations chosen by URL (open_blobs): a local directory
+(store/blobs_local.py, the default) and an S3-compatible object store
+(store/blobs_s3.py, `s3://bucket/prefix`) that processes on several machines share.
+
+Names are sha256 digests only, never user-supplied names, so a hostile filename can never
+choose where bytes land. Incoming bytes are written to a local temporary file while they
+are hashed, counted and capped, and only then published under their digest, so a reader
+never sees a half-written blob. Blobs never change once written.
 """
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import contextlib
 import gzip
 import hashlib
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 CHUNK = 1 << 20
 
 
@@ -26,8 +34,23 @@ class BlobTooLarge(Exception):
     """An incoming stream passed the configured size cap."""
 
 
+class BlobMissing(FileNotFoundError):
+    """No blob with this digest in the store."""
+
+
 def is_sha256(value: str) -> bool:
     return bool(SHA256_RE.match(value))
+
+
+def check_sha256(value: str) -> str:
+    if not is_sha256(value):
+        raise ValueError(f"not a sha256 digest: {value!r}")
+    return value
+
+
+def check_derived(kind: str, key: str) -> None:
+    if not KIND_RE.match(kind) or not is_sha256(key):
+        raise ValueError(f"bad derived reference {kind!r}/{key!r}")
 
 
 class _Incoming:
@@ -48,65 +71,61 @@ class _Incoming:
         return self.digest.hexdigest()
 
 
-class BlobStore:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+class BlobStore(abc.ABC):
+    """What every implementation offers. `scratch` is a directory on this machine for
+    temporary files (incoming blobs, lift work, local copies); nothing in it is shared."""
 
-    # --- addressing -------------------------------------------------------------------
-    def path(self, sha256: str) -> Path:
-        if not is_sha256(sha256):
-            raise ValueError(f"not a sha256 digest: {sha256!r}")
-        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+    scratch: Path
 
-    def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+    # --- what an implementation provides ------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the blobs live, for messages (a directory or an s3:// URL)."""
 
+    @abc.abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abc.abstractmethod
     def size(self, sha256: str) -> int:
-        return self.path(sha256).stat().st_size
+        """Size in bytes; BlobMissing when absent."""
+
+    @abc.abstractmethod
+    def read_bytes(self, sha256: str) -> bytes:
+        """The whole blob; BlobMissing when absent."""
+
+    @abc.abstractmethod
+    def local_copy(self, sha256: str) -> contextlib.AbstractContextManager[Path]:
+        """A read-only file on this machine holding the blob, for tools that need a path
+        (archive readers, angr); valid until the block ends. BlobMissing when absent."""
+
+    @abc.abstractmethod
+    def _publish(self, tmp: Path, sha256: str) -> None:
+        """Make a finished temporary file the blob `sha256` (consuming the file)."""
+
+    @abc.abstractmethod
+    def _read_ref(self, kind: str, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def _write_ref(self, kind: str, key: str, value: str) -> None: ...
 
     # --- writing ----------------------------------------------------------------------
-    def _tempfile(self) -> tuple[BinaryIO, Path]:
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="incoming-")
-        return os.fdopen(fd, "wb"), Path(name)
-
-    def _commit(self, tmp: Path, sha256: str) -> str:
-        final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            tmp.unlink(missing_ok=True)
-        else:
-            os.chmod(tmp, 0o444)  # samples are data: never executable, never rewritten
-            os.replace(tmp, final)
-        return sha256
-
     def put_chunks(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int]:
         """Store a stream, hashing on the way; returns (sha256, size)."""
         with self._incoming(max_bytes) as incoming:
             for chunk in chunks:
                 incoming.write(chunk)
-        return self._commit(incoming.path, incoming.sha256()), incoming.size
+        return self._commit(incoming), incoming.size
 
     async def put_async_chunks(
         self, chunks: AsyncIterator[bytes], max_bytes: int | None = None
     ) -> tuple[str, int]:
-        """Async twin of put_chunks for uploads arriving from the web server."""
+        """Async twin of put_chunks for uploads arriving from the web server (publishing,
+        an upload for S3, runs in a thread)."""
         with self._incoming(max_bytes) as incoming:
             async for chunk in chunks:
                 incoming.write(chunk)
-        return self._commit(incoming.path, incoming.sha256()), incoming.size
-
-    @contextlib.contextmanager
-    def _incoming(self, max_bytes: int | None) -> Iterator[_Incoming]:
-        """A temporary blob being written; removed again if writing it fails."""
-        out, tmp = self._tempfile()
-        incoming = _Incoming(out, tmp, max_bytes)
-        try:
-            with out:
-                yield incoming
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return await asyncio.to_thread(self._commit, incoming), incoming.size
 
     def put_bytes(self, data: bytes) -> str:
         return self.put_chunks([data])[0]
@@ -120,35 +139,65 @@ class BlobStore:
         raw = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
         return self.put_bytes(gzip.compress(raw, compresslevel=6, mtime=0))
 
+    @contextlib.contextmanager
+    def _incoming(self, max_bytes: int | None) -> Iterator[_Incoming]:
+        """A temporary blob being written; removed again if writing it fails."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.scratch, prefix="incoming-")
+        out, tmp = os.fdopen(fd, "wb"), Path(name)
+        incoming = _Incoming(out, tmp, max_bytes)
+        try:
+            with out:
+                yield incoming
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _commit(self, incoming: _Incoming) -> str:
+        sha256 = incoming.sha256()
+        try:
+            self._publish(incoming.path, sha256)
+        finally:
+            incoming.path.unlink(missing_ok=True)
+        return sha256
+
     # --- reading ----------------------------------------------------------------------
-    def open(self, sha256: str) -> BinaryIO:
-        return open(self.path(sha256), "rb")
-
-    def read_bytes(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
-
     def read_json(self, sha256: str) -> Any:
         return json.loads(gzip.decompress(self.read_bytes(sha256)))
 
-    # --- derived results (cache of expensive work keyed by input + tool version) -------
-    def _ref_path(self, kind: str, key: str) -> Path:
-        if not re.match(r"^[a-z0-9][a-z0-9._-]*$", kind) or not is_sha256(key):
-            raise ValueError(f"bad derived reference {kind!r}/{key!r}")
-        return self.root / "derived" / kind / key[:2] / key
+    @contextlib.asynccontextmanager
+    async def local_copy_async(self, sha256: str) -> AsyncIterator[Path]:
+        """local_copy for async code: the copy is made and removed in a thread (a
+        download from S3 does not hold up the event loop)."""
+        copy = self.local_copy(sha256)
+        path = await asyncio.to_thread(copy.__enter__)
+        try:
+            yield path
+        finally:
+            await asyncio.to_thread(copy.__exit__, None, None, None)
 
+    # --- derived results (cache of expensive work keyed by input + tool version) -------
     def get_derived(self, kind: str, key: str) -> str | None:
         """The blob recorded for (kind, key), if it is still present."""
-        ref = self._ref_path(kind, key)
-        try:
-            target = ref.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return target if is_sha256(target) and self.exists(target) else None
+        check_derived(kind, key)
+        target = self._read_ref(kind, key)
+        return target if target and is_sha256(target) and self.exists(target) else None
 
     def set_derived(self, kind: str, key: str, blob_sha256: str) -> None:
-        ref = self._ref_path(kind, key)
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        out, tmp = self._tempfile()
-        with out:
-            out.write(blob_sha256.encode())
-        os.replace(tmp, ref)
+        check_derived(kind, key)
+        self._write_ref(kind, key, check_sha256(blob_sha256))
+
+
+def open_blobs(url: str, scratch: Path, s3_endpoint_url: str | None = None,
+               s3_region: str | None = None) -> BlobStore:
+    """The store a URL names: `s3://bucket[/prefix]` (credentials from the usual AWS
+    variables), or a directory (a path or `file:///path`)."""
+    if url.startswith("s3://"):
+        from store.blobs_s3 import S3BlobStore
+
+        return S3BlobStore(url, scratch, endpoint_url=s3_endpoint_url, region=s3_region)
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(f"unsupported blob store URL {url!r}: use s3://bucket/prefix or a path")
+    from store.blobs_local import LocalBlobStore
+
+    return LocalBlobStore(url.removeprefix("file://"))

@@ -1,7 +1,9 @@
 """All database I/O, behind functions that say what they do.
 
-SQLite through aiosqlite by default (WAL, busy timeout, so the API and the workers can
-share one file); any SQLAlchemy async URL in DATABASE_URL (e.g. postgresql+asyncpg).
+SQLite through aiosqlite by default (WAL, busy timeout, so the API and the workers of one
+machine can share one file); PostgreSQL through asyncpg (DATABASE_URL=
+postgresql+asyncpg://user:password@host/db) when processes run on several machines. The
+schema is Alembic's (store/migrate.py), for both.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from common.contracts import (
     BatchOutcome,
     ReferenceUpdate,
 )
+from store import migrate
 from store.models import (
-    SCHEMA_VERSION,
-    Base,
     Batch,
     BatchItem,
     Prediction,
@@ -65,22 +66,16 @@ def _retry_on_conflict[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P,
 class PredictionStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        # pre-ping: a connection the server closed (a PostgreSQL restart) is replaced, not used
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         if url.startswith("sqlite"):
             _tune_sqlite(self.engine, url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def init_schema(self) -> None:
-        """Create missing tables (an older database gains the tables added since) and
-        record the schema version."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-        async with self.session.begin() as session:
-            info = await session.get(StoreInfo, "schema_version")
-            if info is None:
-                session.add(StoreInfo(key="schema_version", value=SCHEMA_VERSION))
-            elif info.value.isdigit() and int(info.value) < int(SCHEMA_VERSION):
-                info.value = SCHEMA_VERSION
+        """Bring the schema to the newest migration (a database made before Alembic is
+        adopted, gaining the tables added since); one process at a time."""
+        await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -93,21 +88,23 @@ class PredictionStore:
     # --- samples ----------------------------------------------------------------------
     @_retry_on_conflict
     async def record_sample(self, sha256: str, size: int, filename: str) -> bool:
-        """Remember a submission; returns True when the sample is new."""
+        """Remember a submission; returns True when the sample is new. The count is one
+        UPDATE, so concurrent submissions of one file are all counted."""
         now = utcnow()
         async with self.session.begin() as session:
-            sample = await session.get(Sample, sha256)
-            if sample is None:
-                session.add(
-                    Sample(
-                        sha256=sha256, size=size, filename=filename[:255], first_seen=now,
-                        last_submitted=now, submissions=1,
-                    )
+            seen = await session.execute(
+                update(Sample).where(Sample.sha256 == sha256)
+                .values(last_submitted=now, submissions=Sample.submissions + 1)
+            )
+            if seen.rowcount:
+                return False
+            session.add(
+                Sample(
+                    sha256=sha256, size=size, filename=filename[:255], first_seen=now,
+                    last_submitted=now, submissions=1,
                 )
-                return True
-            sample.last_submitted = now
-            sample.submissions += 1
-            return False
+            )
+            return True
 
     async def samples_to_reanalyze(
         self, after_sha256: str, model: str, model_version: str, include_failed: bool, limit: int
@@ -164,7 +161,7 @@ class PredictionStore:
         """Point the row at a new workflow run; results of an older run are cleared."""
         now = utcnow()
         async with self.session.begin() as session:
-            row = await session.get(Prediction, (sha256, model))
+            row = await session.get(Prediction, (sha256, model), with_for_update=True)
             if row is None:
                 row = Prediction(sha256_hash=sha256, model=model, created_at=now)
                 session.add(row)
@@ -222,7 +219,7 @@ class PredictionStore:
     async def update_fields(self, sha256: str, model: str, **fields: Any) -> bool:
         """Operator edits (the internal CRUD operations); False when the row is missing."""
         async with self.session.begin() as session:
-            row = await session.get(Prediction, (sha256, model))
+            row = await session.get(Prediction, (sha256, model), with_for_update=True)
             if row is None:
                 return False
             for name, value in fields.items():
@@ -288,7 +285,7 @@ class PredictionStore:
     async def relabel_reference(self, sha256: str, **labels: Any) -> Reference | None:
         """Change family, version and/or tags; None when the reference is missing."""
         async with self.session.begin() as session:
-            row = await session.get(Reference, sha256)
+            row = await session.get(Reference, sha256, with_for_update=True)
             if row is None:
                 return None
             for name, value in labels.items():
@@ -309,7 +306,7 @@ class PredictionStore:
     ) -> None:
         """Point the row at a new AddReference run, with the labels it was added with."""
         async with self.session.begin() as session:
-            row = await session.get(Reference, sha256)
+            row = await session.get(Reference, sha256, with_for_update=True)
             if row is None or row.run_id == run_id:
                 return
             row.run_id, row.status, row.error_details = run_id, PENDING, None
@@ -320,7 +317,7 @@ class PredictionStore:
         """A workflow's change to its row. STARTED claims the row for the run; later
         changes of another run, or of a removed reference, change nothing."""
         async with self.session.begin() as session:
-            row = await session.get(Reference, update.sha256)
+            row = await session.get(Reference, update.sha256, with_for_update=True)
             if row is None:
                 return False
             if update.status != STARTED and row.run_id not in (None, update.run_id):
@@ -510,7 +507,7 @@ async def _row_for_run(
     session: AsyncSession, sha256: str, model: str, run_id: str, now: datetime
 ) -> Prediction | None:
     """The row a run may write: its own, or a new one; None when another run owns it."""
-    row = await session.get(Prediction, (sha256, model))
+    row = await session.get(Prediction, (sha256, model), with_for_update=True)
     if row is None:
         row = Prediction(sha256_hash=sha256, model=model, created_at=now, celery_task_id=run_id)
         session.add(row)

@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# 2: the `references` table (create_all adds it to a database of schema 1 at start).
-# 3: `batches` and `batch_items` (batch reanalysis), added the same way.
+# The schema number Alembic's newest migration writes into store_info (store/migrations:
+# 0001 = schema 1; 0002 = schema 2, the `references` and `revocations` tables; 0003 =
+# schema 3, `batches` and `batch_items`). A change to these tables is a new migration
+# that also raises this number.
 SCHEMA_VERSION = "3"
 
 

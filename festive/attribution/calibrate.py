@@ -232,7 +232,10 @@ def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: Verd
         fams = np.asarray(sorted(ev), dtype=np.int64)
         scores = np.asarray([sum(m.weight for m in ev[f]) for f in fams])
         truth = {rows.build_family[b] for b in present}
-        ignore = set().union(*[related.get(f, set()) for f in truth]) - truth
+        # code the present and host families carry of other families (lz4's xxhash) is
+        # really there: neither a hit nor a false alarm
+        carried = truth | {rows.build_family[b] for b in hosts}
+        ignore = set().union(*[related.get(f, set()) for f in carried]) - truth
         keep = np.asarray([f not in ignore for f in fams], dtype=bool)
         fams, scores = fams[keep], scores[keep]
         return Trial(sorted(truth), family_features(scores, len(query)), fams,
@@ -256,13 +259,14 @@ def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: Verd
 
 
 def fit_families(trials: list[Trial]) -> np.ndarray:
+    """Unweighted: the probabilities then match how often a family with such evidence
+    was present in the pseudo-samples (the reliability tables check it)."""
     x = np.concatenate([t.features for t in trials])
     y = np.concatenate([t.labels for t in trials])
-    return fit_logistic(x, y, balanced(y))
+    return fit_logistic(x, y)
 
 
-def assess(trials: list[Trial], weights: np.ndarray, present: float,
-           n_families: int) -> dict[str, Any]:
+def assess(trials: list[Trial], weights: np.ndarray, present: float) -> dict[str, Any]:
     """Family-present precision/recall per trial, and a reliability table."""
     tp = fp = fn = 0
     neg_unknown, negatives = 0, 0
@@ -297,11 +301,11 @@ def assess(trials: list[Trial], weights: np.ndarray, present: float,
     }
 
 
-def choose_present(trials: list[Trial], weights: np.ndarray, n_families: int,
+def choose_present(trials: list[Trial], weights: np.ndarray,
                    target_precision: float = 0.95) -> float:
     """The lowest probability cut (>= 0.5) whose held-out precision reaches the target."""
     for cut in [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]:
-        precision = assess(trials, weights, cut, n_families)["precision"]
+        precision = assess(trials, weights, cut)["precision"]
         if precision is None or precision >= target_precision:
             return cut
     return 0.99
@@ -329,17 +333,14 @@ def calibrate(rows: Rows, seed: int = 0, device: str | None = None,
         held_out.append((fit_families(train), test))
     weights = fit_families(trials)
     params.family_weights = [float(w) for w in weights]
-    cut_trials = [(w, t) for w, t in held_out]
-    cuts = [choose_present(t, w, len(rows.families)) for w, t in cut_trials]
-    params.present = max(cuts)
+    params.present = max(choose_present(t, w) for w, t in held_out)
     params.trials = len(trials)
     report = {
         "rows": int(len(rows.family)),
         "match_curves": curve_report,
         "shared_rows": int((row_rarity < 1).sum()),
-        "cross_validated": [assess(t, w, params.present, len(rows.families))
-                            for w, t in held_out],
-        "fit_on_all": assess(trials, weights, params.present, len(rows.families)),
+        "cross_validated": [assess(t, w, params.present) for w, t in held_out],
+        "fit_on_all": assess(trials, weights, params.present),
         "present_threshold": params.present,
         "method": "families split in two halves: fit on one half's pseudo-samples, "
                   "tested on the other's (both ways); then fit on all",

@@ -202,7 +202,8 @@ def function_bytes(path: Path, blocks: list[dict[str, Any]], base: int) -> bytes
 
 
 def load_base(lifted: dict[str, Any], debug: Path) -> int:
-    """angr maps a shared object at a base (0x400000): lifted addr - base = ELF vaddr."""
+    """lifted addr - base = ELF vaddr. 0 for ae-lift/3 (the file's own addresses);
+    ae-lift/2 and older carry angr's base for a shared object (0x400000)."""
     from elftools.elf.elffile import ELFFile
 
     with open(debug, "rb") as handle:

@@ -1,1 +1,1 @@
-"""Build the shipped reference index from real Debian library packages."""
+"""Debian's own shared objects of the reference families: fetched, lifted, labelled."""

@@ -39,17 +39,20 @@ class ReferenceBuild:
     def exports(self) -> dict[str, list[str]]:
         """Exported names keyed by the address angr gave the function.
 
-        lift_one records raw .dynsym values; angr maps a shared object at a base
-        (0x400000 for these), so the base is recovered as the most common difference
-        between angr's symbol-named functions and the .dynsym values of those names.
+        lift_one records raw .dynsym values. Lifts before ae-lift/3 carry angr's
+        rebased addresses (a shared object mapped at 0x400000), so the base is
+        recovered as the most common difference between angr's symbol-named functions
+        and the .dynsym values of those names (0 for ae-lift/3, whose addresses are
+        the file's own). The Thumb bit is cleared on both sides (ae-lift/3 clears it,
+        .dynsym keeps it).
         """
         if self._exports is None:
             raw: dict[str, list[str]] = self.lift.get("reference_exports", {})
-            by_name = {n: int(a, 16) for a, names in raw.items() for n in names}
-            deltas = Counter(int(f["addr"], 16) - by_name[f["name"]]
+            by_name = {n: int(a, 16) & ~1 for a, names in raw.items() for n in names}
+            deltas = Counter((int(f["addr"], 16) & ~1) - by_name[f["name"]]
                              for f in self.lift["functions"] if f.get("name") in by_name)
             base = deltas.most_common(1)[0][0] if deltas else 0
-            self._exports = {hex(int(a, 16) + base): names for a, names in raw.items()}
+            self._exports = {hex((int(a, 16) & ~1) + base): names for a, names in raw.items()}
         return self._exports
 
 

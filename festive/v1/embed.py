@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from festive.v1.graph import FunctionGraph, to_graph
+from festive.v1.graph import MAX_BLOCKS, FunctionGraph, to_graph
 from festive.v1.model import FestiveGNN, collate, load
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "v1" / "model.pt"
@@ -28,7 +28,7 @@ class Embedder:
         self.model.eval()
 
     @torch.no_grad()
-    def embed_graphs(self, graphs: list[FunctionGraph], max_blocks: int = 20000) -> np.ndarray:
+    def embed_graphs(self, graphs: list[FunctionGraph], max_blocks: int = MAX_BLOCKS) -> np.ndarray:
         """(n, d) float32 unit vectors, in input order."""
         out = np.zeros((len(graphs), self.model.config.out_dim), dtype=np.float32)
         order = sorted(range(len(graphs)), key=lambda i: graphs[i].n_blocks)
