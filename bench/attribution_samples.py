@@ -2,7 +2,7 @@
 
     nice -n 10 python -m bench.attribution_samples [--groups others,ours,negative]
         [--only ID,ID] [--data-dir data/bench] [--budget-min 70] [--timeout-min 25]
-        [--no-lift]
+        [--no-lift] [--retry]
 
 Binaries the reference never saw, in three groups:
   others    built by other distributors: shared objects from PyPI wheels (manylinux)
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from festive.data.projects import FLAC_CONFIG
+from festive.data.projects import FAMILY_NAMES, FLAC_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "bench" / "attribution_samples.json"
@@ -85,8 +85,8 @@ class Build:
     link: str  # shared | program (families' objects linked into a tiny main) | static
     # (program linked with -static: glibc inside too)
     # Debian suite of each project's sources, default bullseye. Where the mirror lacks a
-    # bullseye source, trixie's (a version the reference lacks where it differs from
-    # bookworm's and sid's) or, failing that, the reference's own version (SAME_VERSION).
+    # bullseye source: trixie's or bookworm's, possibly the reference's own version (the
+    # manifest's version_in_reference says, from the reference's source trees).
     suites: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,10 +101,6 @@ class Sample:
     vendored: dict[str, str] = field(default_factory=dict)
     note: str = ""
 
-
-# Family of each festive.data.projects source name (a family is the reference's label).
-FAMILY_OF = {"lua5.4": "lua", "lzo2": "lzo", "libzstd": "zstd", "libpng1.6": "libpng",
-             "xz-utils": "xz"}
 
 # C declaration and call that a program's main() uses to reference each family.
 PROBES: dict[str, tuple[str, str]] = {
@@ -142,12 +138,6 @@ RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "flac": {"generated": {"config.h": FLAC_CONFIG.replace('"1.4.2"', '"1.5.0"')}},
 }
 
-# (suite, source) whose upstream version is also the reference's (bookworm or sid): only
-# the compiler and flags make the sample unseen.
-SAME_VERSION: dict[str, tuple[str, ...]] = {
-    "trixie": ("lz4", "libyaml", "flac", "hiredis", "jansson", "xxhash", "libzstd"),
-    "bookworm": ("utf8proc", "giflib", "libdeflate"),
-}
 TRIXIE = "trixie"
 
 V3 = ("-O3", "-march=x86-64-v3")
@@ -519,12 +509,22 @@ def _build(sample_id: str, spec: Build, data: Path) -> tuple[Path, dict[str, Any
         record = json.loads(done.read_text())
         if record["spec"] == spec_key and Path(record["binary"]).exists():
             return Path(record["binary"]), record["info"]
-    binary, info = _compile_and_link(work, spec)
+    binary, info = _compile_and_link(work, spec, data)
     done.write_text(json.dumps({"spec": spec_key, "binary": str(binary), "info": info}))
     return binary, info
 
 
-def _compile_and_link(work: Path, spec: Build) -> tuple[Path, dict[str, Any]]:
+def in_reference(tree_name: str, data: Path) -> bool | None:
+    """Whether the reference's sources (bookworm: data/festive/src, sid:
+    data/festive-sid/src, next to data/bench) hold this very source tree; None when
+    they are not there to look at."""
+    roots = [data.parent / "festive" / "src", data.parent / "festive-sid" / "src"]
+    if not any(root.is_dir() for root in roots):
+        return None
+    return any((root / tree_name).is_dir() for root in roots)
+
+
+def _compile_and_link(work: Path, spec: Build, data: Path) -> tuple[Path, dict[str, Any]]:
     from festive.data import build as festive_build
     from festive.data.projects import BY_NAME
 
@@ -568,15 +568,14 @@ def _compile_and_link(work: Path, spec: Build) -> tuple[Path, dict[str, Any]]:
         if compiled == 0:
             raise RuntimeError(f"{name}: nothing compiled")
         info["sources"].append({"debian_source": f"{name} {version} ({suite})",
-                                "family": FAMILY_OF.get(name, name),
-                                "version_in_reference": name in SAME_VERSION.get(suite, ()),
+                                "family": FAMILY_NAMES.get(name, name),
                                 "units_compiled": compiled, "units_failed": failed})
     out.mkdir(parents=True, exist_ok=True)
     binary = out / ("lib.so" if spec.link == "shared" else "prog")
     if spec.link == "shared":
         link = [*cc, *spec.flags, "-shared", "-o", str(binary), *objects, "-lm"]
     else:
-        families = [FAMILY_OF.get(n, n) for n in spec.projects]
+        families = [FAMILY_NAMES.get(n, n) for n in spec.projects]
         main = work / "main.c"
         main.write_text("#include <stdio.h>\n" + "\n".join(PROBES[f][0] for f in families)
                         + "\nint main(void) {\n" + "\n".join(f"  {PROBES[f][1]}"
@@ -692,6 +691,9 @@ def prepare(sample: Sample, data: Path) -> dict[str, Any]:
     path = samples / sample.id
     if not path.exists():
         _strip(sample.arch, original, path)
+    for source in how.get("sources", []):  # the reference's sources may have grown
+        name, version = source["debian_source"].split()[:2]
+        source["version_in_reference"] = in_reference(f"{name}-{version}", data)
     found = evidence(original)
     truth_evidence = {f: found.get(f, ["UNVERIFIED: no signature found"]) for f in sample.truth}
     return {"id": sample.id, "group": sample.group, "file": sample.id, "arch": sample.arch,
@@ -713,6 +715,8 @@ def main(argv: list[str] | None = None) -> None:
                         "CPU minutes")
     parser.add_argument("--timeout-min", type=float, default=25.0)
     parser.add_argument("--no-lift", action="store_true")
+    parser.add_argument("--retry", action="store_true",
+                        help="lift again the samples whose lift failed or hit the time limit")
     args = parser.parse_args(argv)
 
     data: Path = args.data_dir.resolve()
@@ -723,7 +727,8 @@ def main(argv: list[str] | None = None) -> None:
         if sample.group not in groups or (only and sample.id not in only):
             continue
         entry = load_manifest().get(sample.id, {})  # another run may have lifted it
-        if entry.get("lift_status") not in ("lifted", "skipped", "failed"):
+        done = ("lifted",) if args.retry else ("lifted", "skipped", "failed")
+        if entry.get("lift_status") not in done:
             entry = {}
         # re-prepared on every run (cheap when cached): truth and evidence follow SAMPLES
         try:
@@ -743,7 +748,7 @@ def main(argv: list[str] | None = None) -> None:
         missing = [f for f, e in entry["evidence"].items() if e[0].startswith("UNVER")]
         print(f"{sample.id}: obtained ({entry['size']} bytes)"
               + (f" UNVERIFIED {missing}" if missing else ""), flush=True)
-        if args.no_lift or entry.get("lift_status") in ("lifted", "skipped", "failed"):
+        if args.no_lift or entry.get("lift_status") in done:
             continue
         target = data / "lifts" / f"{entry['sha256']}.json.gz"
         if target.exists():
