@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from festive.data.projects import EMBEDS  # noqa: E402
-from festive.eval.metrics import bootstrap_ci  # noqa: E402
+from festive.eval.metrics import bootstrap_ci, reliability_table  # noqa: E402
 
 RUNNER = r"""
 import gzip, json, sys, time
@@ -140,15 +140,6 @@ def score(samples: list[dict[str, Any]], results: dict[str, dict], known: set[st
     negatives = [x for x in per_sample if not x["truth"]]
     big = [x for x in negatives if x["functions"] >= 10_000]
     unknown = np.asarray([not x["said"] for x in negatives], float)
-    p_arr, y_arr = np.asarray(rel_p), np.asarray(rel_y)
-    table = []
-    edges = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (p_arr >= lo) & (p_arr < hi)
-        if sel.any():
-            table.append({"bin": f"[{lo:.2f}, {min(hi, 1.0):.2f})", "pairs": int(sel.sum()),
-                          "mean_probability": round(float(p_arr[sel].mean()), 3),
-                          "observed_present": round(float(y_arr[sel].mean()), 3)})
     groups = sorted({x["group"] for x in per_sample})
     return {
         "overall": pr(per_sample),
@@ -158,7 +149,7 @@ def score(samples: list[dict[str, Any]], results: dict[str, dict], known: set[st
         "negatives_unknown": (list(bootstrap_ci(unknown, seed=seed)) if len(unknown) else None),
         "negatives": len(negatives),
         "large_negatives_unknown": f"{sum(not x['said'] for x in big)}/{len(big)}",
-        "reliability": table,
+        "reliability": reliability_table(np.asarray(rel_p), np.asarray(rel_y)),
         "seconds_per_sample": round(float(np.mean([x["seconds"] for x in per_sample])), 3),
         "seconds_max": round(float(np.max([x["seconds"] for x in per_sample])), 3),
         "samples": per_sample,
@@ -200,7 +191,7 @@ def markdown(report: dict[str, Any]) -> str:
                   "| probability | (sample, family) pairs | mean probability | observed present |",
                   "|---|---:|---:|---:|"]
         for row in s["reliability"]:
-            lines.append(f"| {row['bin']} | {row['pairs']} | {row['mean_probability']} | "
+            lines.append(f"| {row['bin']} | {row['n']} | {row['mean_probability']} | "
                          f"{row['observed_present']} |")
         lines += ["", f"### {name}: every sample", "", "| sample | group | truth | said |",
                   "|---|---|---|---|"]

@@ -20,6 +20,7 @@ from festive.data.projects import BY_NAME
 from festive.engine import load_engine
 from festive.features import FeatureConfig, function_tokens
 from lifting.angr_lift import lift_binary
+from tests.test_festive_v0 import OWN_SOURCE
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 
@@ -47,40 +48,6 @@ int main(int argc, char **argv) {
 }
 """
 
-OWN = r"""
-#include <stdio.h>
-#include <stdint.h>
-#include <string.h>
-#define NOINLINE __attribute__((noinline))
-NOINLINE int parse_record(const char *line, int *out, int max) {
-    int n = 0, value = 0, in_number = 0;
-    for (; *line && n < max; line++) {
-        if (*line >= '0' && *line <= '9') { value = value * 10 + (*line - '0'); in_number = 1; }
-        else if (*line == ',' || *line == ';') {
-            if (in_number) out[n++] = value;
-            value = 0; in_number = 0;
-        }
-        else if (*line == '#') { fprintf(stderr, "comment in record: %s\n", line); break; }
-        else return -1;
-    }
-    if (in_number && n < max) out[n++] = value;
-    return n;
-}
-NOINLINE void insertion_sort(int *a, int n) {
-    for (int i = 1; i < n; i++) {
-        int v = a[i], j = i - 1;
-        while (j >= 0 && a[j] > v) { a[j + 1] = a[j]; j--; }
-        a[j + 1] = v;
-    }
-}
-int main(int argc, char **argv) {
-    int values[64];
-    int n = parse_record(argc > 1 ? argv[1] : "3,1,2;9,7", values, 64);
-    if (n > 0) insertion_sort(values, n);
-    printf("%d\n", n);
-    return 0;
-}
-"""
 
 
 def _objects(name: str, flags: list[str], out: Path) -> tuple[list[str], Path]:
@@ -159,7 +126,7 @@ def test_a_library_of_another_version_and_toolchain_is_found(tmp_path: Path) -> 
 
 def test_code_of_no_reference_family_is_unknown(tmp_path: Path) -> None:
     src = tmp_path / "own.c"
-    src.write_text(OWN)
+    src.write_text(OWN_SOURCE)
     children = []
     for opt in ("-O0", "-O2"):
         out = tmp_path / f"own{opt}"

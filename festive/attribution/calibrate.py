@@ -40,6 +40,7 @@ from festive.attribution.verdict import (
     family_features,
     sigmoid,
 )
+from festive.eval.metrics import reliability_table
 
 K_OTHER = 96
 K_OWN = 48
@@ -283,21 +284,12 @@ def assess(trials: list[Trial], weights: np.ndarray, present: float) -> dict[str
             neg_unknown += not said
         probs.extend(p.tolist())
         labels.extend(t.labels.tolist())
-    p_arr, y_arr = np.asarray(probs), np.asarray(labels)
-    table = []
-    edges = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (p_arr >= lo) & (p_arr < hi)
-        if sel.any():
-            table.append({"bin": f"[{lo:.2f}, {min(hi, 1.0):.2f})", "n": int(sel.sum()),
-                          "mean_probability": round(float(p_arr[sel].mean()), 4),
-                          "observed_present": round(float(y_arr[sel].mean()), 4)})
     return {
         "samples": len(trials),
         "precision": round(tp / (tp + fp), 4) if tp + fp else None,
         "recall": round(tp / (tp + fn), 4) if tp + fn else None,
         "negatives_unknown": round(neg_unknown / negatives, 4) if negatives else None,
-        "reliability": table,
+        "reliability": reliability_table(np.asarray(probs), np.asarray(labels)),
     }
 
 

@@ -53,3 +53,19 @@ def bootstrap_auc(pos: np.ndarray, neg: np.ndarray, reps: int = 1000, seed: int 
              for _ in range(reps)]
     alpha = (1.0 - level) / 2
     return auc(pos, neg), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+RELIABILITY_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001)
+
+
+def reliability_table(probs: np.ndarray, present: np.ndarray) -> list[dict[str, object]]:
+    """Reported probabilities in bins against how often the thing was present."""
+    probs, present = np.asarray(probs, dtype=np.float64), np.asarray(present, dtype=np.float64)
+    table: list[dict[str, object]] = []
+    for lo, hi in zip(RELIABILITY_EDGES[:-1], RELIABILITY_EDGES[1:], strict=True):
+        sel = (probs >= lo) & (probs < hi)
+        if sel.any():
+            table.append({"bin": f"[{lo:.2f}, {min(hi, 1.0):.2f})", "n": int(sel.sum()),
+                          "mean_probability": round(float(probs[sel].mean()), 4),
+                          "observed_present": round(float(present[sel].mean()), 4)})
+    return table
