@@ -70,6 +70,17 @@ def run_engine(tree: Path, samples: list[dict[str, Any]], data: Path) -> dict[st
     return out
 
 
+KEPT = ("model_version", "index_version", "verdict", "confidence", "families_present",
+        "families_weak", "functions_total", "functions_considered", "functions_matched",
+        "families", "_seconds")
+
+
+def slim(result: dict[str, Any]) -> dict[str, Any]:
+    """What the report keeps of an answer: the verdict and the families, without the
+    per-function evidence (`matches`) that the service stores."""
+    return {k: result[k] for k in KEPT if k in result}
+
+
 def present(result: dict[str, Any]) -> set[str]:
     if "families_present" in result:
         return set(str(result["families_present"]).split())
@@ -229,7 +240,7 @@ def main() -> None:
     for name, tree in engines.items():
         results = saved[name]["results"] if saved else run_engine(tree, samples, args.data)
         report["engines"][name] = score(samples, results, known)
-        report["engines"][name]["results"] = results
+        report["engines"][name]["results"] = {k: slim(v) for k, v in results.items()}
         print(name, json.dumps({k: report["engines"][name][k] for k in
                                 ("overall", "negatives_unknown", "large_negatives_unknown")}),
               flush=True)
