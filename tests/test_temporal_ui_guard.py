@@ -47,6 +47,11 @@ def temporal_ui() -> Iterator[tuple[int, int]]:
     )
     try:
         _wait_for(f"http://127.0.0.1:{ui}/", proc, "the Temporal UI")
+        # the UI answers before the server behind it does (its API gives 503 until then)
+        for _ in range(240):
+            if httpx.get(f"http://127.0.0.1:{ui}/api/v1/namespaces", timeout=5).is_success:
+                break
+            time.sleep(0.25)
         yield grpc, ui
     finally:
         proc.terminate()
