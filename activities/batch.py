@@ -31,6 +31,7 @@ from common.contracts import (
     BatchPageRequest,
     BatchSample,
 )
+from common.failures import innermost_message
 from store.db import PredictionStore
 
 HEARTBEAT_S = 10.0
@@ -96,7 +97,7 @@ class BatchActivities:
         except WorkflowFailureError as err:
             if isinstance(err.cause, CancelledError):
                 return AnalysisOutcome(REVOKED, run_id, "revoked")
-            return AnalysisOutcome(FAILURE, run_id, _message(err))
+            return AnalysisOutcome(FAILURE, run_id, innermost_message(err))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -110,14 +111,3 @@ async def _heartbeat(detail: str) -> None:
     while True:
         activity.heartbeat(detail)
         await asyncio.sleep(HEARTBEAT_S)
-
-
-def _message(err: BaseException) -> str:
-    """The innermost message of a failed run (what the workflow recorded as error_details)."""
-    message = str(err)
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            message = cause.message
-        cause = cause.__cause__
-    return message

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         RunningSample,
         workflow_id,
     )
+    from common.failures import innermost_message
 
 # Database work retries until it lands (a locked database is a pause, not a failure).
 DB_RETRY = RetryPolicy(
@@ -261,7 +262,7 @@ class ReanalysisBatch:
         except ChildWorkflowError as err:
             if is_cancelled_exception(err):
                 return AnalysisOutcome(REVOKED, run_id, "revoked with its batch")
-            return AnalysisOutcome(FAILURE, run_id, _failure_details(err))
+            return AnalysisOutcome(FAILURE, run_id, innermost_message(err))
         reused = summary.lifts_reused
         return AnalysisOutcome(SUCCESS, run_id, None, max(0, summary.children - reused), reused)
 
@@ -278,7 +279,7 @@ class ReanalysisBatch:
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            return AnalysisOutcome(FAILURE, sample.run_id, _failure_details(err))
+            return AnalysisOutcome(FAILURE, sample.run_id, innermost_message(err))
         if not sample.run_id:
             sample.run_id = outcome.run_id
         return outcome
@@ -331,14 +332,3 @@ class ReanalysisBatch:
         if self._request is None:
             raise ApplicationError("the batch has no request", non_retryable=True)
         return self._request
-
-
-def _failure_details(err: BaseException) -> str:
-    """The innermost message: the child's error_details, not the wrappers around it."""
-    message = str(err)
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            message = cause.message
-        cause = cause.__cause__
-    return message
