@@ -10,6 +10,7 @@ is an error. The dev server of `make up` registers them itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -53,11 +54,18 @@ async def _main() -> None:
 
 
 def main() -> None:
+    code = 0
     try:
         asyncio.run(_main())
     except Exception as exc:  # a clear line for the operator, not a traceback
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
+    # The Temporal client's native runtime can crash while the interpreter tears it
+    # down (seen once in CI: SIGSEGV after the success line). The work is done and its
+    # line printed: leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
