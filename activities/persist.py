@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 
 from sqlalchemy.exc import DBAPIError
@@ -37,9 +38,10 @@ class Persist:
 
     @activity.defn(name="persist_results")
     async def persist_results(self, request: PersistRequest) -> bool:
-        blobs = self.deps.blobs
-        results = blobs.read_json(request.results_sha256)
-        explanation = blobs.read_bytes(request.explanation_sha256).decode()
+        blobs = self.deps.blobs  # S3 calls block: in a thread, off the event loop
+        results = await asyncio.to_thread(blobs.read_json, request.results_sha256)
+        explanation = (await asyncio.to_thread(blobs.read_bytes,
+                                               request.explanation_sha256)).decode()
         return await _retryable(self._store.save_results(
             request.sha256, request.model_name, request.run_id, request.model_version,
             results, explanation,

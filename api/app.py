@@ -37,6 +37,7 @@ from api.state import ApiState
 from api.text import validation_errors
 from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
 from common.config import API_VERSION, Settings, load_settings
+from festive.served import ServedCard
 from store.blobs import open_blobs
 from store.db import PredictionStore
 
@@ -141,7 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.init_schema()
         blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
                            settings.s3_region)
-        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store)
+        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store,
+                                served=ServedCard(blobs, settings.gpu_queue))
         try:
             yield
         finally:

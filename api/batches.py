@@ -108,7 +108,7 @@ async def cancel_batch(state: State, batch_id: BatchId) -> BatchProgressOut:
 async def _start(state: ApiState, batch_filter: BatchFilter, concurrency: int) -> BatchQueued:
     client = await state.temporal()
     batch_id, batch_workflow = await pipeline.start_batch(
-        client, state.settings, MODEL_NAME, await current_analysis_version(state.store),
+        client, state.settings, MODEL_NAME, await current_analysis_version(state),
         batch_filter, concurrency,
     )
     return BatchQueued(id=batch_id, batch_id=batch_id, workflow_id=batch_workflow)

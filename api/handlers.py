@@ -23,10 +23,10 @@ from api.schemas import (
 from api.state import ApiState, get_state
 from api.text import Text, serialisable
 from api.upload import receive_sample
-from api.versions import current_analysis_version, current_index_version
+from api.versions import current_analysis_version, current_index_version, served_card
 from common.config import API_VERSION
 from common.contracts import FAILURE, SUCCESS
-from festive.card import MODEL_NAME, model_card
+from festive.card import MODEL_NAME
 from store.db import utcnow
 from store.models import Prediction
 
@@ -50,7 +50,7 @@ async def submit_sample(request: Request, state: State) -> dict[str, str]:
 
 async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: str) -> str | None:
     """Dedupe: done for this model and index version, or running, means nothing new starts."""
-    current = await current_analysis_version(state.store)
+    current = await current_analysis_version(state)
     row = await state.store.get_prediction(sha256, model)
     if row is not None and row.status == SUCCESS and row.model_version == current:
         return row.celery_task_id
@@ -223,7 +223,7 @@ async def _update(state: ApiState, sha256_hash: str, model: ModelName, **fields:
 
 # --- Meta -----------------------------------------------------------------------------
 async def get_versions(state: State) -> dict[str, Any]:
-    card = model_card()
+    card = await served_card(state)
     references = await state.store.active_references(card["weights_sha256"])
     return {
         "description": "Attribution Engine v2: binary function similarity on a Temporal pipeline",
@@ -232,10 +232,13 @@ async def get_versions(state: State) -> dict[str, Any]:
         "prediction-store": await _store_version(state),
         MODEL_NAME: {
             "version": str(card.get("version", "")),
-            "index_version": await current_index_version(state.store),
+            "index_version": await current_index_version(state),
             "shipped_index_version": str(card.get("index_version", "")),
             "user_references": str(len(references)),
-            "analysis_version": await current_analysis_version(state.store),
+            "analysis_version": await current_analysis_version(state),
+            # "workers": the card a GPU worker published (festive/served.py);
+            # "installed": none published yet, this API's own copy
+            "source": str(card.get("source", "")),
             "engine": str(card.get("default_engine", "")),
             "weights_sha256": str(card.get("weights_sha256", "")),
             "reference_functions": str(card.get("reference_functions", "")),

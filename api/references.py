@@ -18,9 +18,8 @@ from api.handlers import State
 from api.schemas import ReferenceLabels, ReferenceOut, ReferencePage, ReferenceRelabel, Sha256Hash
 from api.text import serialisable
 from api.upload import FIELD, receive_sample
-from api.versions import current_index_version
+from api.versions import current_index_version, served_card
 from common.contracts import FAILURE, SUCCESS
-from festive.card import model_card
 from store.models import Reference
 
 FORM_FIELDS = frozenset({"family", "version", "tags"})
@@ -60,7 +59,8 @@ async def add_reference(request: Request, response: Response, state: State) -> R
     labels = _labels(upload.fields)
     row, created = await state.store.add_reference(
         upload.sha256, labels.family, labels.version, labels.tags, upload.filename)
-    if created or _needs_run(row):
+    weights = (await served_card(state))["weights_sha256"]
+    if created or _needs_run(row, weights):
         client = await state.temporal()
         run_id = await pipeline.start_reference(client, state.settings, upload.sha256,
                                                 upload.filename)
@@ -68,7 +68,7 @@ async def add_reference(request: Request, response: Response, state: State) -> R
                                               labels.version, labels.tags)
         row = await _require(state, upload.sha256)
     response.status_code = 201 if created else 200
-    return _out(row)
+    return _out(row, weights)
 
 
 async def list_references(
@@ -78,15 +78,17 @@ async def list_references(
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX, description="references per page")] = 100,
 ) -> ReferencePage:
     rows = await state.store.list_references(after.lower(), limit)
+    weights = (await served_card(state))["weights_sha256"]
     return ReferencePage(
-        references=[_out(r) for r in rows],
+        references=[_out(r, weights) for r in rows],
         next_cursor=rows[-1].sha256 if len(rows) == limit else None,
-        index_version=await current_index_version(state.store),
+        index_version=await current_index_version(state),
     )
 
 
 async def get_reference(state: State, sha256_hash: Sha256Hash) -> ReferenceOut:
-    return _out(await _require(state, sha256_hash.lower()))
+    row = await _require(state, sha256_hash.lower())
+    return _out(row, (await served_card(state))["weights_sha256"])
 
 
 async def relabel_reference(
@@ -98,7 +100,7 @@ async def relabel_reference(
     row = await state.store.relabel_reference(sha256_hash.lower(), **labels)
     if row is None:
         raise _missing(sha256_hash)
-    return _out(row)
+    return _out(row, (await served_card(state))["weights_sha256"])
 
 
 async def remove_reference(state: State, sha256_hash: Sha256Hash) -> dict[str, str]:
@@ -122,11 +124,11 @@ def _labels(fields: dict[str, str]) -> ReferenceLabels:
         raise RequestValidationError(errors) from exc
 
 
-def _needs_run(row: Reference) -> bool:
+def _needs_run(row: Reference, weights_sha256: str) -> bool:
     """Not running and not usable: never started, failed, or made by other weights."""
     if row.run_id is None or row.status == FAILURE:
         return True
-    return row.status == SUCCESS and row.weights_sha256 != model_card()["weights_sha256"]
+    return row.status == SUCCESS and row.weights_sha256 != weights_sha256
 
 
 async def _require(state: State, sha256: str) -> Reference:
@@ -140,8 +142,9 @@ def _missing(sha256: str) -> HTTPException:
     return HTTPException(404, f"no reference {sha256.lower()}")
 
 
-def _out(row: Reference) -> ReferenceOut:
-    searched = row.status == SUCCESS and row.weights_sha256 == model_card()["weights_sha256"]
+def _out(row: Reference, weights_sha256: str) -> ReferenceOut:
+    """`searched`: embedded by the weights the workers serve."""
+    searched = row.status == SUCCESS and row.weights_sha256 == weights_sha256
     return ReferenceOut(
         sha256=row.sha256, family=row.family, version=row.version, tags=list(row.tags or []),
         filename=serialisable(row.filename), status=row.status,

@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from common.config import Settings
 from common.temporal import connect
+from festive.served import ServedCard
 from store.blobs import BlobStore
 from store.db import PredictionStore
 
@@ -19,6 +20,7 @@ class ApiState:
     settings: Settings
     blobs: BlobStore
     store: PredictionStore
+    served: ServedCard  # the model the workers serve (api/versions.py)
     client: Client | None = None
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

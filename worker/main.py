@@ -35,6 +35,7 @@ from activities.unpack import Unpack
 from common import logs, metrics, tracing
 from common.config import Settings, load_settings
 from common.temporal import connect
+from festive import served
 from store.blobs import open_blobs
 from store.db import PredictionStore
 from workflows.analyze import AnalyzeSample
@@ -86,6 +87,10 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
             )
         )
     if "gpu" in roles:
+        # the model this worker serves, for the API and the other workers (festive/served.py)
+        record = await asyncio.to_thread(served.publish, blobs, settings.gpu_queue)
+        log.info("serving %s %s (index %s)", record.get("name"), record.get("version"),
+                 record.get("index_version"))
         embed, embed_reference = Embed(deps), EmbedReference(deps)
         workers.append(
             Worker(
