@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from temporalio.service import RPCError
 
 from api import batches as b
@@ -201,14 +201,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(OperationalError)
-    async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
-        """A locked or unreachable database is a temporary condition, not a server bug."""
-        return JSONResponse(
-            status_code=503, headers={"Retry-After": "5"},
-            content={"detail": f"the database is unavailable, retry later: {exc.orig}"},
-        )
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
+        """A locked or unreachable database (or a pooled connection that died with it) is a
+        temporary condition, not a server bug."""
+        return _unavailable(f"the database is unavailable, retry later: {exc.orig}")
+
+    @app.exception_handler(ConnectionError)
+    async def connection_failed(_request: Request, exc: ConnectionError) -> JSONResponse:
+        """Raised bare (not wrapped by SQLAlchemy) when a new database connection is
+        refused or reset, e.g. PostgreSQL stopped under a running API."""
+        return _unavailable(f"the database (or another backing service) is unreachable, "
+                            f"retry later: {exc}")
 
     return app
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content={"detail": detail})
 
 
 def _document_upload_schema(app: FastAPI) -> None:
