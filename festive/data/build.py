@@ -14,6 +14,7 @@ resume.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import gzip
 import json
@@ -85,6 +86,8 @@ def fetch(project: Project, suite: str = DEFAULT_SUITE) -> Path:
             print(f"fetch {project.name}/{candidate}: FAILED", flush=True)
     if not found:
         found = [tree] if (tree := _unpack_orig(project.name, src)) else []
+    if not found and suite in FALLBACK_SUITES:
+        found = [tree] if (tree := _newest_fetchable(project.name, src)) else []
     if not found:
         raise FileNotFoundError(f"no source of {project.name} in {suite}")
     tree = found[0]
@@ -93,6 +96,31 @@ def fetch(project: Project, suite: str = DEFAULT_SUITE) -> Path:
         subprocess.run(["sh", "-c", project.prepare], cwd=tree, check=True)
         stamp.touch()
     return tree
+
+
+def _newest_fetchable(name: str, src: Path) -> Path | None:
+    """The newest source version the archive's indexes name whose files the pool still
+    has (e.g. expat: sid's and trixie's 2.9.0 are 404, trixie's older 2.8.3 is there)."""
+    listing = subprocess.run(["apt-cache", "showsrc", name], capture_output=True, text=True)
+    versions = sorted({line.split(":", 1)[1].strip() for line in listing.stdout.splitlines()
+                       if line.startswith("Version:")},
+                      key=functools.cmp_to_key(_compare_versions), reverse=True)
+    for version in versions:
+        result = subprocess.run(["apt-get", "source", "-q", f"{name}={version}"], cwd=src,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trees = sorted(p for p in src.glob(f"{name}-*") if p.is_dir())
+        if result.returncode == 0 and trees:
+            print(f"fetch {name}: newest fetchable source is {version}", flush=True)
+            return trees[0]
+    return None
+
+
+def _compare_versions(a: str, b: str) -> int:
+    """Debian version order (dpkg --compare-versions)."""
+    if a == b:
+        return 0
+    less = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+    return -1 if less else 1
 
 
 def _sources(project: Project, tree: Path, gen: Path) -> list[Path]:
