@@ -16,7 +16,7 @@ class Exit(IntEnum):
     NOT_FOUND = 4  # the API answered 404: unknown sample, prediction, batch or operation
     UNAUTHORISED = 5  # the API answered 401 (no or unknown key) or 403 (internal operation)
     REFUSED = 6  # any other error answer (400, 409, 413, 422, 5xx)
-    NOT_READY = 7  # the analysis has not finished: no results yet
+    NOT_READY = 7  # not finished: status/results of a running analysis, a wait timed out
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -29,7 +29,7 @@ Exit codes:
   4    not found (404: no such sample, prediction, batch or operation)
   5    unauthorised (401: no or unknown key; 403: an internal key is needed)
   6    the API refused the request otherwise (400, 409, 413, 422, 5xx)
-  7    not finished yet (results asked for while the analysis runs)
+  7    not finished yet (status or results of a running analysis; a --wait-timeout)
   130  interrupted (Ctrl-C)
 """
 

@@ -7,6 +7,7 @@ goes to stderr, so stdout carries only the results.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +80,9 @@ def wait_all(api: Api, tracked: list[Tracked], poll_s: float, timeout_s: float |
         if live:
             if drawn:
                 err.write(f"\x1b[{drawn}F")  # back to the first line of the display
+            columns = shutil.get_terminal_size().columns - 1  # a wrapped line breaks redraw
             for item in tracked:
-                err.write("\x1b[2K" + item.line(width) + "\n")
+                err.write("\x1b[2K" + item.line(width)[:columns] + "\n")
             drawn = len(tracked)
             err.flush()
         else:

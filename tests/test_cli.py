@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -233,7 +234,7 @@ async def test_keys_give_the_unauthorised_code(deployment: dict[str, str]) -> No
 async def test_references_list(deployment: dict[str, str]) -> None:
     listed = await ae_async(deployment, "references", "list")
     assert listed.returncode == Exit.OK, listed.stderr
-    assert listed.stdout.startswith("0 reference(s); index version ")
+    assert re.match(r"(?m)^\d+ reference\(s\); index version \S+$", listed.stdout), listed.stdout
     body = json.loads((await ae_async(deployment, "references", "list", "--json")).stdout)
     assert body["references"] == [] and body["index_version"] in listed.stdout
 
@@ -260,6 +261,38 @@ async def test_a_config_file_gives_url_and_key(deployment: dict[str, str], tmp_p
         assert env_wins.returncode == Exit.UNAUTHORISED
     finally:
         default.unlink()
+
+
+async def test_references_add_relabel_remove(deployment: dict[str, str], programs: Path,
+                                            tmp_path: Path) -> None:
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    (folder / "charcount").write_bytes((programs / "charcount").read_bytes())
+    (folder / "readme.txt").write_bytes(b"not a program " + os.urandom(32))
+    added = await ae_async(deployment, "references", "add", str(folder), "--family",
+                           "cli-family", "--version", "1.0", "--tags", "cli", "--wait", "--json")
+    # The text file fails (code 1, its error on stderr); the program is added.
+    assert added.returncode == Exit.FAILED, added.stdout + added.stderr
+    refs = {Path(r["filename"]).name: r for r in json.loads(added.stdout)}
+    assert refs["charcount"]["status"] == "SUCCESS" and refs["charcount"]["family"] == "cli-family"
+    assert refs["readme.txt"]["status"] == "FAILURE"
+    assert f"reference {refs['readme.txt']['sha256']} ended FAILURE" in added.stderr
+    sha256 = refs["charcount"]["sha256"]
+
+    listed = await ae_async(deployment, "references", "list")
+    assert listed.returncode == Exit.OK
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(sha256))
+    assert row[1:6] == ["SUCCESS", "cli-family", "1.0", "cli", row[5]] and row[6] == "yes"
+
+    relabel = await ae_async(deployment, "references", "relabel", sha256, "--family", "cli-fork")
+    assert relabel.returncode == Exit.OK and " cli-fork " in relabel.stdout
+    nothing = await ae_async(deployment, "references", "relabel", sha256)
+    assert nothing.returncode == Exit.USAGE and "--family" in nothing.stderr
+    removed = await ae_async(deployment, "references", "remove", sha256)
+    assert removed.returncode == Exit.OK and "removed" in removed.stdout
+    again = await ae_async(deployment, "references", "remove", sha256)
+    assert again.returncode == Exit.NOT_FOUND
+    one_line_error(again, "404")
 
 
 def test_an_unreachable_api_gives_the_unreachable_code(home: Path) -> None:
