@@ -14,6 +14,7 @@ import sys
 import tomllib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -293,6 +294,42 @@ async def test_references_add_relabel_remove(deployment: dict[str, str], program
     again = await ae_async(deployment, "references", "remove", sha256)
     assert again.returncode == Exit.NOT_FOUND
     one_line_error(again, "404")
+
+
+async def test_reanalyze_start_watch_retry_and_cancel(deployment: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    since = datetime.now(UTC).isoformat()  # a filter of this test's own: its own batch id
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a program either\n" + os.urandom(256))
+    failed = await ae_async(deployment, "submit", str(junk), "--wait", "--poll", "0.5")
+    assert failed.returncode == Exit.FAILED
+    sha256 = failed.stdout.splitlines()[1].split()[0]
+
+    started = await ae_async(deployment, "reanalyze", "start", "--selection", "all", "--status",
+                             "FAILURE", "--since", since, "--force", "--watch", "--poll", "0.5",
+                             "--json")
+    # The batch ran the failed sample again, it failed again: code 1, listed with its error.
+    assert started.returncode == Exit.FAILED, started.stdout + started.stderr
+    progress = json.loads(started.stdout)
+    assert progress["state"] == "done" and progress["total"] == 1 and progress["failed"] == 1
+    assert [f["sha256"] for f in progress["failures"]] == [sha256]
+    assert "no supported executable" in progress["failures"][0]["error_details"]
+    # stderr: the batch id, a progress line per change, then the one error line.
+    assert started.stderr.splitlines()[0] == f"batch {progress['batch_id']}"
+    assert "done: 1/1 finished (done 0, failed 1)" in started.stderr
+    assert started.stderr.splitlines()[-1].startswith("ae: error: ")
+    assert "with 1 failed sample" in started.stderr.splitlines()[-1]
+    batch_id = progress["batch_id"]
+
+    shown = await ae_async(deployment, "reanalyze", "status", batch_id)
+    assert shown.returncode == Exit.OK and sha256 in shown.stdout
+    retried = await ae_async(deployment, "reanalyze", "retry-failed", batch_id, "--watch",
+                             "--poll", "0.5")
+    assert retried.returncode == Exit.FAILED, retried.stdout + retried.stderr
+    assert sha256 in retried.stdout and re.search(r"(?m)^state:\s+done$", retried.stdout)
+    cancel = await ae_async(deployment, "reanalyze", "cancel", batch_id)
+    assert cancel.returncode == Exit.REFUSED
+    one_line_error(cancel, "409", "not running")
 
 
 def test_an_unreachable_api_gives_the_unreachable_code(home: Path) -> None:
