@@ -124,6 +124,47 @@ def test_a_library_of_another_version_and_toolchain_is_found(tmp_path: Path) -> 
     assert 0.5 <= float(result["confidence"]) < 1.0
 
 
+# A few small functions of its own (no library): one chance look-alike among three
+# judged functions must not name a family (it named xz at 0.72 before the calibration
+# saw small samples).
+TINY_SOURCE = r"""
+#include <stdio.h>
+#define NOINLINE __attribute__((noinline))
+NOINLINE int classify(int c) {
+    if (c >= '0' && c <= '9') return 1;
+    if (c >= 'a' && c <= 'z') return 2;
+    if (c >= 'A' && c <= 'Z') return 3;
+    if (c == ' ' || c == '\t' || c == '\n') return 4;
+    return 0;
+}
+NOINLINE void histogram(const char *s, int *counts) {
+    for (; *s; s++) {
+        int k = classify((unsigned char)*s);
+        if (k > 0) counts[k]++; else counts[0]++;
+        if (counts[k] > 1000) counts[k] = 0;
+    }
+}
+int main(int argc, char **argv) {
+    int counts[5] = {0};
+    for (int i = 1; i < argc; i++) histogram(argv[i], counts);
+    for (int i = 0; i < 5; i++) printf("%d %d\n", i, counts[i]);
+    return counts[0] > 3 ? 1 : 0;
+}
+"""
+
+
+def test_a_tiny_program_of_no_family_is_unknown(tmp_path: Path) -> None:
+    src = tmp_path / "tiny.c"
+    src.write_text(TINY_SOURCE)
+    out = tmp_path / "tiny"
+    subprocess.run(["gcc", "-O2", str(src), "-o", str(out)], check=True)
+    result = load_engine().attribute([{"sha256": "ef" * 32, "name": "tiny",
+                                       "lift": lift_binary(str(out))}])
+    assert int(result["functions_considered"]) >= 2
+    assert result["verdict"] == "unknown", result["families"]
+    assert result["families_present"] == ""
+
+
 def test_code_of_no_reference_family_is_unknown(tmp_path: Path) -> None:
     src = tmp_path / "own.c"
     src.write_text(OWN_SOURCE)

@@ -208,6 +208,9 @@ class Trial:
     size: int
 
 
+SMALL_SAMPLE_SIZES = (2, 3, 5, 8, 13, 21)  # judged functions in the small pseudo-samples
+
+
 def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: VerdictParams,
                    rng: np.random.Generator, log: Any = print) -> list[Trial]:
     n_fam = len(rows.families)
@@ -221,13 +224,15 @@ def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: Verd
         for e in list(related[f]):
             related.setdefault(e, set()).add(f)
 
-    def run(present: list[int], hosts: list[int]) -> Trial:
+    def run(present: list[int], hosts: list[int], size: int | None = None) -> Trial:
         hidden = np.zeros(len(rows.family), dtype=bool)
         for b in present:
             hidden |= held_out_rows(rows, b)
         for b in hosts:
             hidden |= rows.family == rows.build_family[b]
         query = np.flatnonzero(np.isin(rows.build, present + hosts))
+        if size is not None and size < len(query):  # a small sample: a few functions
+            query = np.sort(rng.choice(query, size, replace=False))
         s, r = candidates(nb, query, hidden, params.top_k)
         ev = evidence(s, r, rows.blocks[query], view, params)
         fams = np.asarray(sorted(ev), dtype=np.int64)
@@ -255,6 +260,15 @@ def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: Verd
         pick = rng.choice(families, min(n_hosts, len(families)), replace=False)
         hosts = [int(rng.choice(by_family[g])) for g in pick]
         trials.append(run([], hosts))
+    # Small samples (a tool of a few functions, a program using a handful of a library's
+    # functions): without them the fit extrapolates to N of 2 or 3 and one chance match
+    # made a family present.
+    for size in SMALL_SAMPLE_SIZES:
+        for f in families:
+            trials.append(run([int(rng.choice(by_family[f]))], [], size))
+        for _ in range(len(families)):
+            pick = rng.choice(families, 2, replace=False)
+            trials.append(run([], [int(rng.choice(by_family[g])) for g in pick], size))
     log(f"[calibrate] {len(trials)} pseudo-samples")
     return trials
 

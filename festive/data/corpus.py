@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from festive.data.build import LIFTED
+from festive.data.build import LIFTED, root_for
 from festive.data.projects import PROJECTS
 from festive.features import MIN_BLOCKS, FeatureConfig, block_tokens
 from lifting.angr_lift import RUNTIME_FUNCTIONS
@@ -148,9 +148,28 @@ def load(projects: list[str], derive: Callable[[dict[str, Any], dict[str, Any]],
     return [fn for part in parts for fn in part]
 
 
-def labels_of(projects: list[str]) -> set[str]:
-    """Every label in these projects' builds (for cross-split dedupe)."""
+def load_versions(projects: list[str], derive: Callable[[dict[str, Any], dict[str, Any]], Any],
+                  suites: tuple[str, ...], exclude_labels: set[str] | None = None,
+                  workers: int = 1) -> list[Fn]:
+    """`load` over several Debian suites' corpora (data/festive, data/festive-<suite>),
+    each Fn's `version` set to the project's upstream version in that suite (the source
+    tree's name), so one identity (project:label) groups the function across versions."""
+    fns: list[Fn] = []
+    for suite in suites:
+        root = root_for(suite)
+        part = load(projects, derive, exclude_labels=exclude_labels, workers=workers,
+                    root=root / "lifted")
+        for fn in part:
+            trees = sorted(p.name for p in (root / "src").glob(f"{fn.project}-*") if p.is_dir())
+            fn.version = trees[0].removeprefix(f"{fn.project}-") if trees else suite
+        fns += part
+    return fns
+
+
+def labels_of(projects: list[str], suites: tuple[str, ...] = ("bookworm",)) -> set[str]:
+    """Every label in these projects' builds, in these suites (for cross-split dedupe)."""
     labels: set[str] = set()
-    for path in lifted_files(projects):
-        labels.update(f["label"] for f in read_lift(path)["functions"] if f.get("label"))
+    for suite in suites:
+        for path in lifted_files(projects, root_for(suite) / "lifted"):
+            labels.update(f["label"] for f in read_lift(path)["functions"] if f.get("label"))
     return labels

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from festive.data.build import DATA, root_for
-from festive.data.corpus import Fn, load, split_projects
+from festive.data.build import DATA
+from festive.data.corpus import load_versions, split_projects
 from festive.eval.__main__ import fmt, ranking
 from festive.eval.baselines import V0, Dense, Method
 from festive.eval.tasks import VERSION_TASKS, make_queries
@@ -35,17 +35,6 @@ def derive(func: dict[str, Any], lift: dict[str, Any]) -> dict[str, Any]:
     return {"graph": to_graph(func), "v0_bag": function_tokens(func, FeatureConfig())}
 
 
-def load_versions(projects: list[str]) -> list[Fn]:
-    fns: list[Fn] = []
-    for suite in SUITES:
-        root = root_for(suite)
-        for fn in load(projects, derive, root=root / "lifted"):
-            trees = sorted(p.name for p in (root / "src").glob(f"{fn.project}-*") if p.is_dir())
-            fn.version = trees[0].removeprefix(f"{fn.project}-") if trees else suite
-            fns.append(fn)
-    return fns
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=1000)
@@ -53,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench/festive_eval_xv")
     args = parser.parse_args(argv)
     projects = split_projects("test")
-    fns = load_versions(projects)
+    fns = load_versions(projects, derive, SUITES)
     embedder = Embedder(WEIGHTS)
     methods: list[Method] = [Dense(f"FESTIVE v1 {VERSION}",
                                    embedder.embed_graphs([f.data["graph"] for f in fns])),

@@ -1,10 +1,15 @@
 """Train FESTIVE v1 contrastively on Corpus A's train projects (CPU, one thread).
 
-    nice -n 5 python -m festive.v1.train [--minutes 30] [--batch 128] [--corpus-b]
+    nice -n 5 python -m festive.v1.train [--minutes 30] [--suites bookworm,sid] [--init W]
 
-Each step samples `batch` function identities (project, label) with >= 2 builds and
-`views` (2) different builds of each; loss = symmetric InfoNCE with in-batch negatives,
-plus a uniformity term; 10% of tokens are dropped as augmentation. Half the steps draw
+Functions come from each suite's corpus (data/festive for bookworm, data/festive-sid
+for sid: other upstream versions, built with the same recipes); one identity
+(project, label) groups a function across builds and versions. Each step samples
+`batch` identities with >= 2 builds and `views` (2) different builds of each; for
+`--xv-share` of the identities present in two versions, the views are one build of
+each version (cross-version positives; changed bodies stay in as hard cases).
+Loss = symmetric InfoNCE with in-batch negatives, plus a uniformity term; 10% of
+tokens are dropped as augmentation. Half the steps draw
 the whole batch from one project (harder negatives: same code base, same style).
 Validation (XM Recall@1 with 100 negatives, on the val projects) every `--eval-every`
 steps; the best checkpoint is written to festive/weights/v1/model.pt.
@@ -23,13 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from festive.data.corpus import Fn, labels_of, load, split_projects
+from festive.data.corpus import Fn, labels_of, load_versions, split_projects
 from festive.data.corpus_b import load_corpus_b
 from festive.eval.metrics import rank_stats
 from festive.eval.tasks import make_queries
 from festive.v1.embed import Embedder
 from festive.v1.graph import FunctionGraph, to_graph
-from festive.v1.model import Batch, FestiveGNN, ModelConfig, collate, n_parameters, save
+from festive.v1.model import (
+    Batch,
+    FestiveGNN,
+    ModelConfig,
+    collate,
+    n_parameters,
+    save,
+)
+from festive.v1.model import load as load_model
 
 OUT = Path(__file__).resolve().parents[1] / "weights" / "v1"
 
@@ -38,8 +51,10 @@ def graph_of(func: dict, _lift: dict) -> FunctionGraph:
     return to_graph(func)
 
 
-def load_graphs(split: str, exclude: set[str] | None, workers: int) -> list[Fn]:
-    return load(split_projects(split), graph_of, exclude_labels=exclude, workers=workers)
+def load_graphs(split: str, suites: tuple[str, ...], exclude: set[str] | None,
+                workers: int) -> list[Fn]:
+    return load_versions(split_projects(split), graph_of, suites, exclude_labels=exclude,
+                         workers=workers)
 
 
 def drop_tokens(batch: Batch, rate: float) -> Batch:
@@ -63,6 +78,18 @@ def val_recall(model: FestiveGNN, fns: list[Fn], queries: list) -> float:
     return float(np.mean(hits))
 
 
+def pick_views(args: argparse.Namespace, rng: random.Random, train: list[Fn],
+               members: list[int]) -> list[int]:
+    """`views` builds of one identity; for --xv-share of the identities that exist in
+    two or more versions, one build of each of two versions."""
+    versions: dict[str, list[int]] = defaultdict(list)
+    for i in members:
+        versions[train[i].version].append(i)
+    if len(versions) >= 2 and rng.random() < args.xv_share:
+        return [rng.choice(versions[v]) for v in rng.sample(sorted(versions), 2)]
+    return rng.sample(members, min(args.views, len(members)))
+
+
 def sample_batch(args: argparse.Namespace, rng: random.Random, train: list[Fn],
                  groups: dict[str, list[int]], identities: list[str],
                  by_project: dict[str, list[str]], by_build: dict[str, dict[str, int]],
@@ -83,7 +110,7 @@ def sample_batch(args: argparse.Namespace, rng: random.Random, train: list[Fn],
             chosen = rng.sample(by_project[rng.choice(projects)], args.batch)
         else:
             chosen = rng.sample(identities, min(args.batch, len(identities)))
-        picks = [rng.sample(groups[k], min(args.views, len(groups[k]))) for k in chosen]
+        picks = [pick_views(args, rng, train, groups[k]) for k in chosen]
     graphs = [train[i].data for members in picks for i in members]
     labels = [k for k, members in enumerate(picks) for _ in members]
     return graphs, labels
@@ -139,6 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uniformity", type=float, default=0.5,
                         help="weight of the uniformity loss (spreads unrelated functions "
                              "apart, so similarity thresholds mean something)")
+    parser.add_argument("--suites", default="bookworm,sid",
+                        help="Debian suites whose corpora are loaded (other upstream versions)")
+    parser.add_argument("--xv-share", type=float, default=0.3,
+                        help="share of multi-version identities paired across versions")
+    parser.add_argument("--init", type=Path,
+                        help="start from these weights (fine-tune) instead of from scratch")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -147,11 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
 
     t0 = time.time()
-    test_labels = labels_of(split_projects("test"))
-    train = load_graphs("train", test_labels, args.threads)
+    suites = tuple(args.suites.split(","))
+    test_labels = labels_of(split_projects("test"), suites)
+    train = load_graphs("train", suites, test_labels, args.threads)
     if args.corpus_b:
         train += load_corpus_b(graph_of, exclude_labels=test_labels)
-    val = load_graphs("val", test_labels, args.threads)
+    val = load_graphs("val", suites, test_labels, args.threads)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, fn in enumerate(train):
         groups[fn.identity].append(i)
@@ -164,16 +198,24 @@ def main(argv: list[str] | None = None) -> None:
     for k in identities:
         by_project[k.split(":", 1)[0]].append(k)
     val_queries = make_queries(val, "XM", n_queries=1000, seed=args.seed)
-    print(f"train: {len(train)} functions, {len(identities)} identities with >=2 builds; "
+    multi_version = sum(len({train[i].version for i in groups[k]}) >= 2 for k in identities)
+    print(f"train: {len(train)} functions, {len(identities)} identities with >=2 builds "
+          f"({multi_version} in >=2 versions); "
           f"val: {len(val)} functions, {len(val_queries)} XM queries; "
           f"loaded in {time.time() - t0:.0f}s", flush=True)
 
-    model = FestiveGNN(ModelConfig())
+    model = load_model(str(args.init)) if args.init else FestiveGNN(ModelConfig())
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60
     start = time.time()
     best, best_step, step, log = -1.0, 0, 0, []
     out.mkdir(parents=True, exist_ok=True)
+    if args.init:  # fine-tuning keeps the starting weights unless a step beats them
+        best = val_recall(model, val, val_queries)
+        save(model, str(out / "model.pt"))
+        log.append({"step": 0, "seconds": 0, "val_xm_recall1": best})
+        print(json.dumps(log[-1]), flush=True)
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
@@ -205,7 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         "steps": step, "train_seconds": round(time.time() - start),
         "best_step": best_step, "best_val_xm_recall1": best,
         "train_functions": len(train), "train_identities": len(identities),
-        "val_functions": len(val), "parameters": n_parameters(model), "args": vars(args),
+        "train_identities_multi_version": multi_version,
+        "train_builds": sorted({f.build for f in train}),
+        "val_functions": len(val), "parameters": n_parameters(model),
+        "args": json.loads(json.dumps(vars(args), default=str)),
         "log": log,
     }
     (out / "train_log.json").write_text(json.dumps(summary, indent=1))
