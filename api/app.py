@@ -35,8 +35,14 @@ from api.schemas import (
 )
 from api.state import ApiState
 from api.text import validation_errors
-from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
+from api.upload import (
+    STORAGE_RETRY_AFTER_S,
+    UPLOAD_REQUEST_BODY,
+    UPLOAD_SCHEMA,
+    UPLOAD_SCHEMA_NAME,
+)
 from common.config import API_VERSION, Settings, load_settings
+from common.failures import is_storage_full
 from store.blobs import open_blobs
 from store.db import PredictionStore
 
@@ -201,6 +207,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(OperationalError)
     async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
         """A locked or unreachable database is a temporary condition, not a server bug."""
+        if is_storage_full(exc):
+            return JSONResponse(
+                status_code=507, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+                content={"detail": "insufficient storage: the database's disk is full, "
+                                   "retry later"},
+            )
         return JSONResponse(
             status_code=503, headers={"Retry-After": "5"},
             content={"detail": f"the database is unavailable, retry later: {exc.orig}"},

@@ -16,6 +16,7 @@ from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from common.failures import is_storage_full
 from store.blobs import BlobStore, BlobTooLarge
 
 FIELD = "sample"
@@ -23,6 +24,7 @@ FIELD = "sample"
 # small fields. The body as a whole may not exceed the cap by more than this.
 FRAMING_ALLOWANCE = 64 * 1024
 FILENAME_MAX = 255
+STORAGE_RETRY_AFTER_S = 60  # Retry-After of a 507 (disk full)
 FORM_FIELD_MAX = 1024  # bytes of one small text field beside the sample (Add Reference)
 
 # The request body schema shown in the OpenAPI document (the handler reads the stream).
@@ -92,6 +94,10 @@ async def receive_sample(
         raise HTTPException(400, f"malformed multipart body: {exc}") from exc
     except ClientDisconnect as exc:
         raise HTTPException(400, "the client went away before the upload finished") from exc
+    except OSError as exc:
+        if is_storage_full(exc):  # the partial file is already gone (BlobStore._incoming)
+            raise storage_full() from exc
+        raise
     return Upload(sha256=sha256, size=size, filename=parts.filename,
                   fields=_text_fields(parts))
 
@@ -200,6 +206,15 @@ def _boundary(request: Request) -> bytes:
     if len(boundary) > 200:
         raise HTTPException(400, "malformed multipart body: the boundary is too long")
     return boundary
+
+
+def storage_full() -> HTTPException:
+    """507: the blob store or scratch directory has no room for this upload now."""
+    return HTTPException(
+        507, "insufficient storage: the service has no room to store this upload now; "
+             "nothing was kept, retry later",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+    )
 
 
 def _too_large(max_bytes: int) -> HTTPException:
