@@ -33,7 +33,7 @@ from activities.persist import Persist
 from activities.references import References
 from activities.unpack import Unpack
 from common import logs, metrics, tracing
-from common.config import Settings, load_settings
+from common.config import Settings, load_or_exit, load_settings
 from common.temporal import connect
 from store.blobs import open_blobs
 from store.db import PredictionStore
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--role", default="all", choices=[*ROLES, "all"],
                         help="which task queues to serve (default: all)")
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_or_exit("worker")
     logs.configure(f"worker-{args.role}",
                    secrets=logs.secrets_of(settings))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
