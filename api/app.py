@@ -18,6 +18,7 @@ from api import references as refs
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.metrics import RequestMetrics
+from api.quotas import RateLimiter, enforce_rate
 from api.schemas import (
     BatchProgressOut,
     BatchQueued,
@@ -147,7 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.init_schema()
         blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
                            settings.s3_region)
-        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store)
+        limiter = (RateLimiter(settings.rate_limit, settings.rate_burst)
+                   if settings.rate_limit > 0 else None)
+        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store, limiter=limiter)
         try:
             yield
         finally:
@@ -174,14 +177,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     for method, path, handler, summary, tag, description, model in ROUTES:
         # Keys (api/auth.py): Ping is open, /internal/ needs the internal key, the rest
-        # an external (or internal) key.
+        # an external (or internal) key. Behind the key, the key's request rate
+        # (api/quotas.py); Ping is limited by neither.
         guard = guard_for(path)
         app.add_api_route(
             path, handler, methods=[method], summary=summary, tags=[tag],
             description=description, response_model=model,
             response_model_by_alias=True,
             operation_id=summary.lower().replace(" ", "_"),
-            dependencies=[Depends(guard)] if guard else None,
+            dependencies=[Depends(guard), Depends(enforce_rate)] if guard else None,
             # Submit Sample and Add Reference read their multipart body as a stream
             # (api/upload.py).
             openapi_extra={"requestBody": STREAMED_UPLOADS[handler][0]}

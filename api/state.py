@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from temporalio.client import Client
@@ -13,6 +14,9 @@ from common.temporal import connect
 from store.blobs import BlobStore
 from store.db import PredictionStore
 
+if TYPE_CHECKING:
+    from api.quotas import RateLimiter
+
 
 @dataclass
 class ApiState:
@@ -20,6 +24,7 @@ class ApiState:
     blobs: BlobStore
     store: PredictionStore
     client: Client | None = None
+    limiter: RateLimiter | None = None  # AE_RATE_LIMIT (api/quotas.py)
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def temporal(self) -> Client:
