@@ -14,7 +14,8 @@ class Catalog:
 
     @activity.defn(name="samples_to_reanalyze")
     async def samples_to_reanalyze(self, page: SamplePage) -> list[SampleRef]:
-        assert self.deps.store is not None, "the catalogue lives in the database"
+        if self.deps.store is None:  # set by build_workers on the orchestration worker
+            raise RuntimeError("the catalogue lives in the database (orchestration worker)")
         samples = await self.deps.store.samples_to_reanalyze(
             page.after_sha256, page.model_name, page.model_version, page.include_failed,
             page.limit,

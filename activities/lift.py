@@ -23,8 +23,9 @@ from activities.deps import Deps
 from common import metrics
 from common.config import PROJECT_ROOT
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
+from common.failures import STORAGE_FULL
 from lifting.angr_lift import LIFT_FORMAT
-from lifting.child import EXIT_MEMORY, EXIT_OK, EXIT_UNSUPPORTED
+from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED
 
 HEARTBEAT_S = 2.0
 PR_SET_PDEATHSIG = 1
@@ -140,6 +141,11 @@ def _raise_for_exit(
 ) -> None:
     if code == EXIT_OK:
         return
+    if code == EXIT_NO_SPACE:
+        raise ApplicationError(
+            f"{name}: out of storage space on the worker while lifting; the analysis waits "
+            "and retries once space is freed", type=STORAGE_FULL,
+        )
     if code != EXIT_UNSUPPORTED and near_memory_limit:
         # Out of address space, native code aborts (SIGABRT on a failed allocation) or
         # fails oddly before Python sees a MemoryError: name the real cause.

@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
 from common.contracts import STARTED, PersistRequest, StatusUpdate
+from store.db import PredictionStore
 
 
 async def _retryable(write: Awaitable[bool]) -> bool:
@@ -32,8 +33,9 @@ class Persist:
         self.deps = deps
 
     @property
-    def _store(self):  # noqa: ANN202 - the store is always set on the orchestration worker
-        assert self.deps.store is not None, "persist activities need a database"
+    def _store(self) -> PredictionStore:
+        if self.deps.store is None:  # set by build_workers on the orchestration worker
+            raise RuntimeError("persist activities need a database (orchestration worker)")
         return self.deps.store
 
     @activity.defn(name="persist_results")

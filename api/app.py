@@ -18,6 +18,7 @@ from api import references as refs
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.metrics import RequestMetrics
+from api.quotas import RateLimiter, enforce_rate
 from api.schemas import (
     BatchProgressOut,
     BatchQueued,
@@ -35,8 +36,14 @@ from api.schemas import (
 )
 from api.state import ApiState
 from api.text import validation_errors
-from api.upload import UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA, UPLOAD_SCHEMA_NAME
+from api.upload import (
+    STORAGE_RETRY_AFTER_S,
+    UPLOAD_REQUEST_BODY,
+    UPLOAD_SCHEMA,
+    UPLOAD_SCHEMA_NAME,
+)
 from common.config import API_VERSION, Settings, load_settings
+from common.failures import is_storage_full
 from festive.served import ServedCard
 from store.blobs import open_blobs
 from store.db import PredictionStore
@@ -142,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.init_schema()
         blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
                            settings.s3_region)
-        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store,
+        limiter = (RateLimiter(settings.rate_limit, settings.rate_burst)
+                   if settings.rate_limit > 0 else None)
+        app.state.ae = ApiState(settings=settings, blobs=blobs, store=store, limiter=limiter,
                                 served=ServedCard(blobs, settings.gpu_queue))
         try:
             yield
@@ -170,14 +179,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     for method, path, handler, summary, tag, description, model in ROUTES:
         # Keys (api/auth.py): Ping is open, /internal/ needs the internal key, the rest
-        # an external (or internal) key.
+        # an external (or internal) key. Behind the key, the key's request rate
+        # (api/quotas.py); Ping is limited by neither.
         guard = guard_for(path)
         app.add_api_route(
             path, handler, methods=[method], summary=summary, tags=[tag],
             description=description, response_model=model,
             response_model_by_alias=True,
             operation_id=summary.lower().replace(" ", "_"),
-            dependencies=[Depends(guard)] if guard else None,
+            dependencies=[Depends(guard), Depends(enforce_rate)] if guard else None,
             # Submit Sample and Add Reference read their multipart body as a stream
             # (api/upload.py).
             openapi_extra={"requestBody": STREAMED_UPLOADS[handler][0]}
@@ -204,7 +214,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(InterfaceError)
     async def database_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
         """A locked or unreachable database (or a pooled connection that died with it) is a
-        temporary condition, not a server bug."""
+        temporary condition, not a server bug; a full disk under it is a 507."""
+        if is_storage_full(exc):
+            return JSONResponse(
+                status_code=507, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+                content={"detail": "insufficient storage: the database's disk is full, "
+                                   "retry later"},
+            )
         return _unavailable(f"the database is unavailable, retry later: {exc.orig}")
 
     @app.exception_handler(ConnectionError)

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from common.config import Settings
 
@@ -58,12 +59,12 @@ def check_settings(settings: Settings) -> None:
                          "AE_AUTH=disabled for local development")
 
 
-def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
+def key_matches(presented: str, keys: tuple[SecretStr, ...]) -> bool:
     """Constant-time membership: every configured key is compared, no early exit."""
     token = presented.encode()
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(token, key.encode())
+        matched |= hmac.compare_digest(token, key.get_secret_value().encode())
     return matched
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Query, Request
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import pipeline
+from api import pipeline, quotas
 from api.schemas import (
     ExplanationUpdate,
     ModelName,
@@ -41,7 +41,10 @@ async def ping() -> dict[str, bool]:
 # --- Sample ---------------------------------------------------------------------------
 async def submit_sample(request: Request, state: State) -> dict[str, str]:
     """The multipart body is parsed as it arrives: see api/upload.py (413 over the cap)."""
-    upload = await receive_sample(request, state.blobs, state.settings.max_upload_bytes)
+    allowance = await quotas.upload_allowance(request, state)  # 429 when used up
+    upload = await receive_sample(request, state.blobs, state.settings.max_upload_bytes,
+                                  allowance=allowance)
+    await quotas.charge_upload(state, allowance, upload.size)
     await state.store.record_sample(upload.sha256, upload.size, upload.filename)
     for model in ModelName:
         await _start_if_needed(state, upload.sha256, model.value, upload.filename)

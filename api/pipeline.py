@@ -78,7 +78,8 @@ async def start_analysis(
         static_summary=f"{model_name} on {filename or sha256[:12]}",
         rpc_timeout=RPC_TIMEOUT,
     )
-    assert handle.result_run_id is not None
+    if handle.result_run_id is None:  # the SDK sets it on every started (or joined) run
+        raise RuntimeError(f"Temporal gave no run id for the analysis of {sha256}")
     return handle.result_run_id
 
 

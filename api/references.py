@@ -13,7 +13,7 @@ from fastapi import HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api import pipeline
+from api import pipeline, quotas
 from api.handlers import State
 from api.schemas import ReferenceLabels, ReferenceOut, ReferencePage, ReferenceRelabel, Sha256Hash
 from api.text import serialisable
@@ -54,8 +54,10 @@ UPLOAD_REQUEST_BODY = {
 async def add_reference(request: Request, response: Response, state: State) -> ReferenceOut:
     """201 and a new reference, or 200 and the existing one for a sha256 already added
     (a failed one, or one embedded by an older model, runs again with these labels)."""
+    allowance = await quotas.upload_allowance(request, state)  # 429 when used up
     upload = await receive_sample(request, state.blobs, state.settings.max_upload_bytes,
-                                  FORM_FIELDS)
+                                  FORM_FIELDS, allowance)
+    await quotas.charge_upload(state, allowance, upload.size)
     labels = _labels(upload.fields)
     row, created = await state.store.add_reference(
         upload.sha256, labels.family, labels.version, labels.tags, upload.filename)

@@ -28,7 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from api import metrics
 from common import logs, tracing
-from common.config import Settings, load_settings
+from common.config import Settings, load_or_exit
 
 log = logging.getLogger("api.server")
 
@@ -153,7 +153,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_or_exit("api")
     logs.configure("api", secrets=logs.secrets_of(settings))
     tracing.setup("api", secrets=logs.secrets_of(settings))
     url = metrics.serve(settings)

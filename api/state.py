@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from temporalio.client import Client
@@ -14,6 +15,9 @@ from festive.served import ServedCard
 from store.blobs import BlobStore
 from store.db import PredictionStore
 
+if TYPE_CHECKING:
+    from api.quotas import RateLimiter
+
 
 @dataclass
 class ApiState:
@@ -22,6 +26,7 @@ class ApiState:
     store: PredictionStore
     served: ServedCard  # the model the workers serve (api/versions.py)
     client: Client | None = None
+    limiter: RateLimiter | None = None  # AE_RATE_LIMIT (api/quotas.py)
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def temporal(self) -> Client:

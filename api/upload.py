@@ -16,6 +16,8 @@ from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from api.quotas import UploadAllowance, quota_exceeded
+from common.failures import is_storage_full
 from store.blobs import BlobStore, BlobTooLarge
 
 FIELD = "sample"
@@ -23,6 +25,7 @@ FIELD = "sample"
 # small fields. The body as a whole may not exceed the cap by more than this.
 FRAMING_ALLOWANCE = 64 * 1024
 FILENAME_MAX = 255
+STORAGE_RETRY_AFTER_S = 60  # Retry-After of a 507 (disk full)
 FORM_FIELD_MAX = 1024  # bytes of one small text field beside the sample (Add Reference)
 
 # The request body schema shown in the OpenAPI document (the handler reads the stream).
@@ -71,27 +74,40 @@ class _Parts:
 
 
 async def receive_sample(
-    request: Request, blobs: BlobStore, max_bytes: int, fields: frozenset[str] = frozenset()
+    request: Request, blobs: BlobStore, max_bytes: int, fields: frozenset[str] = frozenset(),
+    allowance: UploadAllowance | None = None,
 ) -> Upload:
     """Store the `sample` part of a multipart request; 400/413/422 for bad bodies.
     The small text parts named in `fields` are kept (UTF-8, at most FORM_FIELD_MAX bytes
-    each; 400 otherwise); a field sent twice keeps its first value."""
+    each; 400 otherwise); a field sent twice keeps its first value. With an upload quota
+    (`allowance`, api/quotas.py) the sample may not pass what is left of it (429)."""
     boundary = _boundary(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + FRAMING_ALLOWANCE:
         raise _too_large(max_bytes)
+    cap = max_bytes
+    if allowance is not None and allowance.remaining < max_bytes:
+        cap = allowance.remaining
+        if declared.isdigit() and int(declared) > cap + FRAMING_ALLOWANCE:
+            raise quota_exceeded(allowance)
     parts = _Parts(wanted=fields)
     parser = MultipartParser(boundary, _callbacks(parts))
     try:
         sha256, size = await blobs.put_async_chunks(
-            _sample_chunks(request, parser, parts, max_bytes), max_bytes=max_bytes
+            _sample_chunks(request, parser, parts, cap), max_bytes=cap
         )
     except BlobTooLarge as exc:
+        if allowance is not None and cap < max_bytes:
+            raise quota_exceeded(allowance) from exc
         raise _too_large(max_bytes) from exc
     except MultipartParseError as exc:
         raise HTTPException(400, f"malformed multipart body: {exc}") from exc
     except ClientDisconnect as exc:
         raise HTTPException(400, "the client went away before the upload finished") from exc
+    except OSError as exc:
+        if is_storage_full(exc):  # the partial file is already gone (BlobStore._incoming)
+            raise storage_full() from exc
+        raise
     return Upload(sha256=sha256, size=size, filename=parts.filename,
                   fields=_text_fields(parts))
 
@@ -200,6 +216,15 @@ def _boundary(request: Request) -> bytes:
     if len(boundary) > 200:
         raise HTTPException(400, "malformed multipart body: the boundary is too long")
     return boundary
+
+
+def storage_full() -> HTTPException:
+    """507: the blob store or scratch directory has no room for this upload now."""
+    return HTTPException(
+        507, "insufficient storage: the service has no room to store this upload now; "
+             "nothing was kept, retry later",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+    )
 
 
 def _too_large(max_bytes: int) -> HTTPException:

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_VERSION = "2.4.8"
 
 
+class SettingsError(ValueError):
+    """A setting's value is not of the expected form. The message names the variable and
+    the form it takes; it never repeats a secret (an API key, a password in a URL)."""
+
+
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
+    """A whole number; unset or empty means the default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw[:40]!r} is not a whole number "
+                            f"(expected digits, e.g. {name}={default})") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    """A decimal number; unset or empty means the default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw[:40]!r} is not a number "
+                            f"(expected a decimal such as {name}=2.5)")
+    return value
 
 
 def _env(name: str) -> str | None:
@@ -20,9 +54,49 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def _env_keys(name: str) -> tuple[str, ...]:
+def _env_secret(name: str) -> SecretStr | None:
+    value = _env(name)
+    return SecretStr(value) if value else None
+
+
+def _env_keys(name: str) -> tuple[SecretStr, ...]:
     """A comma-separated list of API keys; blanks around and between commas are ignored."""
-    return tuple(key.strip() for key in os.environ.get(name, "").split(",") if key.strip())
+    return tuple(SecretStr(key.strip()) for key in os.environ.get(name, "").split(",")
+                 if key.strip())
+
+
+def _secret(value: SecretStr | str | None) -> SecretStr | None:
+    if value is None or isinstance(value, SecretStr):
+        return value
+    return SecretStr(value)
+
+
+# Whole-number settings and their bounds: (field, variable, least, greatest).
+_BOUNDS: tuple[tuple[str, str, float, float], ...] = (
+    ("orchestration_slots", "AE_ORCHESTRATION_SLOTS", 1, 10_000),
+    ("gpu_slots", "AE_GPU_SLOTS", 1, 1_000),
+    ("cpu_slots", "AE_CPU_SLOTS", 1, 1_000),
+    ("max_upload_bytes", "AE_MAX_UPLOAD_BYTES", 1, math.inf),
+    ("lift_timeout_s", "AE_LIFT_TIMEOUT_S", 1, math.inf),
+    ("lift_memory_mb", "AE_LIFT_MEMORY_MB", 64, math.inf),
+    ("graceful_shutdown_s", "AE_GRACEFUL_SHUTDOWN_S", 0, math.inf),
+    ("max_predictions_body_bytes", "AE_MAX_PREDICTIONS_BODY_BYTES", 1, math.inf),
+    ("max_explanation_body_bytes", "AE_MAX_EXPLANATION_BODY_BYTES", 1, math.inf),
+    ("header_timeout_s", "AE_HEADER_TIMEOUT_S", 1, math.inf),
+    ("body_timeout_s", "AE_BODY_TIMEOUT_S", 1, math.inf),
+    ("body_min_rate", "AE_BODY_MIN_RATE", 1, math.inf),
+    ("max_connections", "AE_MAX_CONNECTIONS", 1, math.inf),
+    ("metrics_port", "AE_METRICS_PORT", 0, 65535),
+    ("batch_children_per_run", "AE_BATCH_CHILDREN_PER_RUN", 1, math.inf),
+    ("rate_limit", "AE_RATE_LIMIT", 0, math.inf),
+    ("rate_burst", "AE_RATE_BURST", 0, math.inf),
+    ("upload_quota_bytes", "AE_UPLOAD_QUOTA", 0, math.inf),
+    ("upload_quota_window_s", "AE_UPLOAD_QUOTA_WINDOW_S", 1, math.inf),
+)
+AUTH_MODES = ("enabled", "disabled")
+DATABASE_FORMS = {"sqlite+aiosqlite": "sqlite+aiosqlite:///PATH",
+                  "postgresql+asyncpg": "postgresql+asyncpg://USER:PASSWORD@HOST[:PORT]/DB"}
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -48,8 +122,9 @@ class Settings:
     temporal_tls_server_name: str | None = field(
         default_factory=lambda: _env("TEMPORAL_TLS_SERVER_NAME")
     )
-    temporal_api_key: str | None = field(default_factory=lambda: _env("TEMPORAL_API_KEY"),
-                                         repr=False)
+    temporal_api_key: SecretStr | None = field(
+        default_factory=lambda: _env_secret("TEMPORAL_API_KEY"), repr=False
+    )
     queue_prefix: str = field(default_factory=lambda: os.environ.get("AE_QUEUE_PREFIX", "ae"))
     # Task queue names; unset, `<prefix>-orchestration`, `<prefix>-cpu`, `<prefix>-gpu`.
     orchestration_queue_override: str | None = field(
@@ -102,11 +177,56 @@ class Settings:
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
     # Secrets: never in a repr (nor in a log line: common/logs.py masks them there too).
-    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"),
-                                      repr=False)
-    internal_api_keys: tuple[str, ...] = field(
+    # Strings given here (tests) become SecretStr too (__post_init__).
+    api_keys: tuple[SecretStr, ...] = field(default_factory=lambda: _env_keys("AE_API_KEYS"),
+                                            repr=False)
+    internal_api_keys: tuple[SecretStr, ...] = field(
         default_factory=lambda: _env_keys("AE_INTERNAL_API_KEYS"), repr=False
     )
+    # Quotas per API key (api/quotas.py): requests per second with a burst (this
+    # process's token bucket), and upload bytes per window (shared, in the database).
+    # 0 turns a limit off; a burst of 0 means twice the rate (at least 1).
+    rate_limit: float = field(default_factory=lambda: _env_float("AE_RATE_LIMIT", 0.0))
+    rate_burst: int = field(default_factory=lambda: _env_int("AE_RATE_BURST", 0))
+    upload_quota_bytes: int = field(default_factory=lambda: _env_int("AE_UPLOAD_QUOTA", 0))
+    upload_quota_window_s: int = field(
+        default_factory=lambda: _env_int("AE_UPLOAD_QUOTA_WINDOW_S", 86_400)
+    )
+
+    def __post_init__(self) -> None:
+        """Every value checked once, at start: a bad one stops the process with a message
+        naming the variable and the form expected (SettingsError)."""
+        object.__setattr__(self, "api_keys", tuple(_secret(k) for k in self.api_keys))
+        object.__setattr__(self, "internal_api_keys",
+                           tuple(_secret(k) for k in self.internal_api_keys))
+        object.__setattr__(self, "temporal_api_key", _secret(self.temporal_api_key))
+        for name, variable, least, greatest in _BOUNDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingsError(f"{variable} must be a number, not {type(value).__name__}")
+            if not least <= value <= greatest:
+                upper = "" if greatest == math.inf else f" and at most {greatest:g}"
+                raise SettingsError(f"{variable}={value} is out of range: expected at least "
+                                    f"{least:g}{upper}")
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(f"AE_AUTH={self.auth[:40]!r} is not valid: expected "
+                                f"'{AUTH_MODES[0]}' or '{AUTH_MODES[1]}'")
+        if not _HOST_PORT.match(self.temporal_address):
+            raise SettingsError(f"TEMPORAL_ADDRESS={self.temporal_address[:80]!r} is not valid: "
+                                "expected HOST:PORT, e.g. 127.0.0.1:7233")
+        for variable, path in (("TEMPORAL_TLS_CERT", self.temporal_tls_cert),
+                               ("TEMPORAL_TLS_KEY", self.temporal_tls_key),
+                               ("TEMPORAL_TLS_CA", self.temporal_tls_ca)):
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{variable} names no readable file: expected the path "
+                                    "of a PEM file")
+        if self.blob_url_override and "://" in self.blob_url_override and not (
+            self.blob_url_override.startswith(("s3://", "file://"))
+        ):
+            raise SettingsError("AE_BLOB_URL is not valid: expected s3://BUCKET[/PREFIX], "
+                                "file:///PATH or a directory path")
+        if self.database_url_override:
+            _check_database_url(self.database_url_override)
 
     @property
     def blob_dir(self) -> Path:
@@ -140,5 +260,34 @@ class Settings:
         return self.gpu_queue_override or f"{self.queue_prefix}-gpu"
 
 
+def _check_database_url(url: str) -> None:
+    """A URL SQLAlchemy can parse, with a driver the store supports. The URL is never
+    repeated in the message: it may hold a password."""
+    forms = " or ".join(DATABASE_FORMS.values())
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise SettingsError(f"DATABASE_URL is not a database URL: expected {forms} (the "
+                            "value is not shown: it may hold a password)") from None
+    if parsed.drivername not in DATABASE_FORMS:
+        raise SettingsError(f"DATABASE_URL names the driver {parsed.drivername!r}: expected "
+                            f"{forms}")
+    if parsed.drivername.startswith("postgresql") and not parsed.database:
+        raise SettingsError("DATABASE_URL names no database: expected "
+                            f"{DATABASE_FORMS['postgresql+asyncpg']}")
+
+
 def load_settings() -> Settings:
+    """The settings of this process, from the environment; SettingsError when a value is
+    not of its expected form."""
     return Settings()
+
+
+def load_or_exit(process: str) -> Settings:
+    """load_settings for a process's start: a bad value ends it with exit status 2 and one
+    line on stderr naming the variable and the expected form."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"{process}: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -5,6 +5,8 @@ Pure Python: imported by workflows (passed through the sandbox) and by activitie
 
 from __future__ import annotations
 
+import errno
+
 from temporalio.exceptions import ApplicationError
 
 
@@ -18,3 +20,25 @@ def innermost_message(err: BaseException) -> str:
             message = cause.message
         cause = cause.__cause__
     return message
+
+
+# An activity that could not write because the disk (or quota) is full: retried, and the
+# analysis waits for space rather than failing (workflows/analyze.py).
+STORAGE_FULL = "StorageFull"
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = "database or disk is full"
+
+
+def is_storage_full(err: BaseException) -> bool:
+    """Whether err, or an exception it was raised from, says the storage is full: ENOSPC
+    or EDQUOT from the operating system, or SQLite's "database or disk is full"."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
+            return True
+        if _SQLITE_FULL in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -41,8 +41,9 @@ MASK = "***"
 def secrets_of(settings: Any) -> tuple[str, ...]:
     """The secrets a process holds (common.config.Settings), to mask wherever they appear:
     the API keys, Temporal's API key, and the AWS secret boto3 reads from the environment."""
-    found = [*settings.api_keys, *settings.internal_api_keys, settings.temporal_api_key,
-             os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
+    held = [*settings.api_keys, *settings.internal_api_keys, settings.temporal_api_key]
+    found = [s.get_secret_value() if hasattr(s, "get_secret_value") else s for s in held]
+    found += [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
     return tuple(s for s in found if s)
 
 

@@ -34,6 +34,8 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     AE_TRACING on, the client (and workers built on it) carry OpenTelemetry traces."""
     return await Client.connect(
         settings.temporal_address, namespace=settings.temporal_namespace,
-        tls=tls_config(settings), api_key=settings.temporal_api_key,
+        tls=tls_config(settings),
+        api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key
+        else None,
         runtime=runtime or Runtime.default(), interceptors=tracing.interceptors(),
     )

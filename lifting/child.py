@@ -7,6 +7,7 @@ Exit codes tell the parent what happened (see EXIT_*).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import resource
@@ -19,6 +20,7 @@ EXIT_OK = 0
 EXIT_UNSUPPORTED = 3
 EXIT_MEMORY = 4
 EXIT_CRASH = 5
+EXIT_NO_SPACE = 6  # the disk is full: the machine's condition, retried by the parent
 
 
 def main(argv: list[str]) -> int:
@@ -29,6 +31,10 @@ def main(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_UNSUPPORTED)
     except MemoryError:
         return _fail("lifting exceeded the memory limit", EXIT_MEMORY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _fail(f"no space left to write the lift: {exc}", EXIT_NO_SPACE)
+        return _fail(f"angr failed: {type(exc).__name__}: {exc}"[:2000], EXIT_CRASH)
     except BaseException as exc:  # angr raises anything on crafted input; report, don't hang
         if _near_memory_limit():
             # Out of address space, angr's native parts fail in odd ways (SystemError,

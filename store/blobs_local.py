@@ -69,6 +69,10 @@ class LocalBlobStore(BlobStore):
         ref = self._ref_path(kind, key)
         ref.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.scratch, prefix="ref-")
-        with os.fdopen(fd, "w") as out:
-            out.write(value)
-        os.replace(name, ref)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(value)
+            os.replace(name, ref)
+        except BaseException:  # disk full, say: leave no half-written file behind
+            Path(name).unlink(missing_ok=True)
+            raise

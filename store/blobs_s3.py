@@ -108,9 +108,29 @@ class S3BlobStore(BlobStore):
             path.unlink(missing_ok=True)
 
     def _publish(self, tmp: Path, sha256: str) -> None:
+        """One PUT, or a multipart upload for a large blob. A failed multipart upload is
+        aborted (boto3's transfer manager does so; any it left is aborted here), so no
+        parts are left stored and billed; the caller removes the local file."""
         key = self._blob_key(sha256)
-        if self._head(key) is None:  # content-addressed: an existing object is this one
+        if self._head(key) is not None:  # content-addressed: an existing object is this one
+            return
+        try:
             self.client.upload_file(str(tmp), self.bucket, key)
+        except BaseException:
+            self._abort_multipart(key)
+            raise
+
+    def _abort_multipart(self, key: str) -> None:
+        """Abort the multipart uploads in progress for this key (those of another process
+        writing the same blob at this moment too: it fails and its caller retries)."""
+        with contextlib.suppress(ClientError):
+            listed = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listed.get("Uploads", []):
+                if upload["Key"] == key:
+                    with contextlib.suppress(ClientError):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                        )
 
     def _ref_key(self, kind: str, key: str) -> str:
         return self._key("derived", kind, key[:2], key)

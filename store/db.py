@@ -16,7 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, event, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -43,6 +53,7 @@ from store.models import (
     Revocation,
     Sample,
     StoreInfo,
+    UploadUsage,
 )
 
 
@@ -105,6 +116,30 @@ class PredictionStore:
                 )
             )
             return True
+
+    # --- upload quotas (api/quotas.py) --------------------------------------------------
+    async def upload_bytes_used(self, key_id: str, window_start: int) -> int:
+        """Bytes counted against a key in the window starting at window_start."""
+        async with self.session() as session:
+            row = await session.get(UploadUsage, (key_id, window_start))
+            return row.bytes if row is not None else 0
+
+    @_retry_on_conflict
+    async def add_upload_bytes(self, key_id: str, window_start: int, size: int) -> None:
+        """Count an upload against its key's window: one UPDATE, so concurrent uploads
+        through any API process all count. The key's earlier windows are dropped."""
+        async with self.session.begin() as session:
+            counted = await session.execute(
+                update(UploadUsage)
+                .where(UploadUsage.key_id == key_id, UploadUsage.window_start == window_start)
+                .values(bytes=UploadUsage.bytes + size)
+            )
+            if not counted.rowcount:
+                session.add(UploadUsage(key_id=key_id, window_start=window_start, bytes=size))
+            await session.execute(
+                delete(UploadUsage)
+                .where(UploadUsage.key_id == key_id, UploadUsage.window_start < window_start)
+            )
 
     async def samples_to_reanalyze(
         self, after_sha256: str, model: str, model_version: str, include_failed: bool, limit: int

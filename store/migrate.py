@@ -86,9 +86,9 @@ async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
 
 
 async def _main(show_current: bool) -> None:
-    from common.config import load_settings
+    from common.config import load_or_exit
 
-    engine = create_async_engine(load_settings().database_url)
+    engine = create_async_engine(load_or_exit("migrate").database_url)
     try:
         if not show_current:
             await upgrade(engine)

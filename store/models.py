@@ -6,14 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The schema number Alembic's newest migration writes into store_info (store/migrations:
 # 0001 = schema 1; 0002 = schema 2, the `references` and `revocations` tables; 0003 =
-# schema 3, `batches` and `batch_items`). A change to these tables is a new migration
-# that also raises this number.
-SCHEMA_VERSION = "3"
+# schema 3, `batches` and `batch_items`; 0004 = schema 4, `upload_usage`). A change to
+# these tables is a new migration that also raises this number.
+SCHEMA_VERSION = "4"
 
 
 class Base(DeclarativeBase):
@@ -111,6 +111,17 @@ class BatchItem(Base):
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UploadUsage(Base):
+    """Bytes uploaded with one API key in one quota window (api/quotas.py). The key is
+    named by a digest of it, never by the key itself."""
+
+    __tablename__ = "upload_usage"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class StoreInfo(Base):

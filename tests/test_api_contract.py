@@ -9,6 +9,7 @@ import uuid
 import httpx
 
 from common.contracts import MODEL_NAME
+from store.models import SCHEMA_VERSION
 
 SEED_OPERATIONS = {
     # summary: (tag, parameter names)
@@ -85,7 +86,7 @@ async def test_ping_and_versions(api: httpx.AsyncClient) -> None:
     versions = (await api.get("/versions")).json()
     assert versions["attribution-api"] == "2.4.8"
     assert "temporalio" in versions["crystal-ball"]
-    assert "schema 3" in versions["prediction-store"]
+    assert f"schema {SCHEMA_VERSION}" in versions["prediction-store"]
     model = versions[MODEL_NAME]
     assert model["version"] and len(model["weights_sha256"]) == 64
     cb = (await api.get("/internal/versions/crystal-ball")).json()

@@ -167,3 +167,28 @@ def test_unknown_blob_urls_are_refused(tmp_path: Path) -> None:
         open_blobs("ftp://example/blobs", tmp_path)
     with pytest.raises(ValueError, match="s3://bucket"):
         open_blobs("s3://", tmp_path)
+
+
+def test_a_failed_multipart_upload_leaves_no_parts(s3_server: LocalS3, tmp_path: Path) -> None:
+    """The S3 server fails the second part of a large blob's multipart upload (a botocore
+    hook raises before that request is sent): the write fails, and afterwards there is
+    no object, no multipart upload in progress, and nothing in the scratch directory."""
+    bucket = s3_server.create_bucket()
+    blobs = open_blobs(f"s3://{bucket}/deployment-1", tmp_path / "scratch",
+                       s3_endpoint_url=s3_server.endpoint_url)
+    parts: list[int] = []
+
+    def fail_second_part(params: dict[str, object], **_: object) -> None:
+        parts.append(1)
+        if len(parts) == 2:
+            raise ConnectionError("the network went away mid-upload")
+
+    blobs.client.meta.events.register("before-call.s3.UploadPart", fail_second_part)  # type: ignore[attr-defined]
+    data = os.urandom(20 * 1024 * 1024)  # over boto3's 8 MiB multipart threshold
+    with pytest.raises(ConnectionError):
+        blobs.put_bytes(data)
+    assert len(parts) >= 2
+    client = s3_server.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert not blobs.exists(hashlib.sha256(data).hexdigest())
+    assert list(blobs.scratch.iterdir()) == []

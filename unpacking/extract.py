@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from common.failures import is_storage_full
 from store.blobs import BlobStore, BlobTooLarge
 from unpacking.archives import (
     CHUNK,
@@ -157,12 +158,16 @@ class _Unpacker:
         except ArchiveLimit as exc:
             self._skip(label, f"archive abandoned: {exc}")
         except CorruptArchive as exc:
+            if is_storage_full(exc):  # our disk, not the archive: retried (worker/storage.py)
+                raise
             if depth == 0:
                 self.top_error = str(exc)
             self._skip(label, str(exc))
         except (StopUnpacking, BadSample):
             raise
         except Exception as exc:  # a reader tripped over hostile input: contain it here
+            if is_storage_full(exc):  # our disk, not the archive: retried (worker/storage.py)
+                raise
             reason = f"unreadable {kind} archive ({type(exc).__name__}: {exc})"
             if depth == 0:
                 self.top_error = reason
@@ -208,7 +213,8 @@ class _Unpacker:
         if archive is not None:
             self._open_archive(sha256, label, archive, depth)
             return
-        assert kind is not None
+        if kind is None:  # detect_executable matched above, or it was an archive
+            raise RuntimeError(f"{label}: neither an executable nor an archive")
         try:
             with self.blobs.local_copy(sha256) as copy:
                 check_executable(copy)

@@ -33,11 +33,12 @@ from activities.persist import Persist
 from activities.references import References
 from activities.unpack import Unpack
 from common import logs, metrics, tracing
-from common.config import Settings, load_settings
+from common.config import Settings, load_or_exit, load_settings
 from common.temporal import connect
 from festive import served
 from store.blobs import open_blobs
 from store.db import PredictionStore
+from worker.storage import StorageFullInterceptor
 from workflows.analyze import AnalyzeSample
 from workflows.batch import ReanalysisBatch
 from workflows.reanalyze import ReanalyzeAll
@@ -56,6 +57,8 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
     # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
     # and retried on another worker of their kind.
     grace = timedelta(seconds=settings.graceful_shutdown_s)
+    # Disk full fails an activity as StorageFull, which is retried (worker/storage.py).
+    interceptors = [StorageFullInterceptor()]
     if "orchestration" in roles:
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
@@ -72,7 +75,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                             batch.open_batch, batch.batch_page, batch.record_batch_outcome,
                             batch.close_batch, batch.await_analysis],
                 max_concurrent_activities=settings.orchestration_slots,
-                graceful_shutdown_timeout=grace,
+                graceful_shutdown_timeout=grace, interceptors=interceptors,
             )
         )
     if "cpu" in roles:
@@ -83,7 +86,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 activities=[unpack.unpack_sample, lift.lift_binary],
                 # Each lift is one angr child process: as many at once as there are slots.
                 max_concurrent_activities=settings.cpu_slots,
-                graceful_shutdown_timeout=grace,
+                graceful_shutdown_timeout=grace, interceptors=interceptors,
             )
         )
     if "gpu" in roles:
@@ -98,7 +101,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 activities=[embed.embed_compare, embed_reference.embed_reference],
                 max_concurrent_activities=settings.gpu_slots,
                 activity_executor=ThreadPoolExecutor(max_workers=settings.gpu_slots + 1),
-                graceful_shutdown_timeout=grace,
+                graceful_shutdown_timeout=grace, interceptors=interceptors,
             )
         )
     return workers
@@ -165,7 +168,7 @@ def main() -> None:
     parser.add_argument("--role", default="all", choices=[*ROLES, "all"],
                         help="which task queues to serve (default: all)")
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_or_exit("worker")
     logs.configure(f"worker-{args.role}",
                    secrets=logs.secrets_of(settings))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log

@@ -21,7 +21,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 
 from common import search_attributes
-from common.config import load_settings
+from common.config import load_or_exit
 from common.temporal import connect
 
 KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
@@ -45,7 +45,7 @@ async def register(client: Client, namespace: str) -> list[str]:
 
 
 async def _main() -> None:
-    settings = load_settings()
+    settings = load_or_exit("search_attributes")
     client = await connect(settings)
     added = await register(client, settings.temporal_namespace)
     names = ", ".join(key.name for key in search_attributes.ALL)

@@ -8,6 +8,7 @@ name, so nothing heavy is imported here; the Stage search attribute tells operat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         StatusUpdate,
         UnpackResult,
     )
+    from common.failures import STORAGE_FULL
     from common.search_attributes import STAGE
 
 
@@ -52,6 +54,11 @@ RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30), maximum_attempts=0,
 )
+# A stage whose activity gave up because the worker's disk is full (StorageFull,
+# worker/storage.py) is started again after this pause, for up to STORAGE_WAIT_MAX: the
+# analysis resumes once space is freed instead of failing.
+STORAGE_RETRY_PAUSE = timedelta(minutes=1)
+STORAGE_WAIT_MAX = timedelta(days=1)
 LIFT_TIMEOUT = timedelta(hours=1)
 LIFT_HEARTBEAT = timedelta(seconds=15)  # the lift heartbeats every 2 s
 
@@ -105,24 +112,24 @@ class AnalyzeSample:
     # --- the five stages ----------------------------------------------------------------
     async def _unpack(self, request: AnalyzeRequest) -> UnpackResult:
         self._enter("unpack")
-        return await workflow.execute_activity(
+        return await _until_space(lambda: workflow.execute_activity(
             "unpack_sample", request, result_type=UnpackResult, task_queue=request.cpu_queue,
             start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=timedelta(seconds=30),
             retry_policy=COMPUTE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        ))
 
     async def _lift(self, request: AnalyzeRequest, unpacked: UnpackResult) -> list[LiftResult]:
         self._enter("lift")
         return list(
             await asyncio.gather(
                 *(
-                    workflow.execute_activity(
+                    _until_space(lambda child=child: workflow.execute_activity(
                         "lift_binary", LiftRequest(child), result_type=LiftResult,
                         task_queue=request.cpu_queue, start_to_close_timeout=LIFT_TIMEOUT,
                         heartbeat_timeout=LIFT_HEARTBEAT, retry_policy=COMPUTE_RETRY,
                         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    )
+                    ))
                     for child in unpacked.children
                 )
             )
@@ -140,7 +147,7 @@ class AnalyzeSample:
                 start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
             )
             references = found.references_sha256
-        return await workflow.execute_activity(
+        return await _until_space(lambda: workflow.execute_activity(
             "embed_compare",
             EmbedRequest(request.sha256, request.model_name, lifted, unpacked.report_sha256,
                          references),
@@ -148,15 +155,15 @@ class AnalyzeSample:
             start_to_close_timeout=timedelta(minutes=30), heartbeat_timeout=timedelta(seconds=60),
             retry_policy=COMPUTE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        ))
 
     async def _explain(self, request: AnalyzeRequest, embedded: EmbedResult) -> ExplainResult:
         self._enter("explain")
-        return await workflow.execute_activity(
+        return await _until_space(lambda: workflow.execute_activity(
             "explain_results", ExplainRequest(request.sha256, embedded.results_sha256),
             result_type=ExplainResult, start_to_close_timeout=timedelta(minutes=2),
             retry_policy=COMPUTE_RETRY,
-        )
+        ))
 
     async def _persist(
         self, request: AnalyzeRequest, embedded: EmbedResult, explained: ExplainResult,
@@ -196,6 +203,23 @@ class AnalyzeSample:
             "record_status", update, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RECORD_RETRY,
         )
+
+
+async def _until_space[T](start: Callable[[], Awaitable[T]]) -> T:
+    """Run a stage's activity; when it gave up for want of disk space (StorageFull), pause
+    and start it again, for up to STORAGE_WAIT_MAX in all. Other failures pass through.
+    Only a failed run's history differs, so recorded histories replay unchanged."""
+    waited = timedelta(0)
+    while True:
+        try:
+            return await start()
+        except ActivityError as err:
+            if _failure_type(err) != STORAGE_FULL or waited >= STORAGE_WAIT_MAX:
+                raise
+            workflow.logger.warning("out of storage space: the stage starts again in %s",
+                                    STORAGE_RETRY_PAUSE)
+            await workflow.sleep(STORAGE_RETRY_PAUSE)
+            waited += STORAGE_RETRY_PAUSE
 
 
 _TIMED = frozenset({"unpack", "lift", "embed", "explain", "persist"})
