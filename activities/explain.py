@@ -34,16 +34,21 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# CommonMark: any ASCII punctuation character may be backslash-escaped, and then stands
-# for itself. Line endings end a table row or start a new block: they become spaces.
-_PUNCTUATION = re.compile(r"""([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])""")
+# Characters Markdown (CommonMark + GFM tables) gives a meaning wherever they stand:
+# emphasis, code, links and images, raw HTML and entities, table cells, strikethrough,
+# headings. Backslash-escaped, each stands for itself. Line endings end a table row or
+# start a new block: they become spaces.
+_INLINE = re.compile(r"([\\`*_\[\]<>!&|~#])")
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\u2028\u2029]")
 
 
 def escape(value: object) -> str:
-    """Text that Markdown shows exactly as given: every ASCII punctuation character
-    backslash-escaped, line breaks as spaces."""
-    return _PUNCTUATION.sub(r"\\\1", _LINE_BREAK.sub(" ", str(value)))
+    """Text that Markdown shows exactly as given (line breaks as spaces): the characters
+    of _INLINE backslash-escaped, and a list marker at its start ("-", "+", "=", "1." or
+    "1)") too, should the text ever begin a line."""
+    text = _INLINE.sub(r"\\\1", _LINE_BREAK.sub(" ", str(value)))
+    text = re.sub(r"^([-+=])", r"\\\1", text)
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", text)
 
 
 def code(value: object, in_table: bool = False) -> str:

@@ -121,3 +121,15 @@ def test_code_span_and_escape_round_trip() -> None:
         flat = name.replace("\r\n", " ").replace("\n", " ")
         assert _text_of(_rendered(code(name))).strip("\n") == flat, name
         assert _text_of(_rendered(escape(name))).strip() == flat.strip(), name
+
+
+def test_plain_labels_stay_readable_in_the_markdown() -> None:
+    """Only characters Markdown acts on are escaped: a label like "acme-parser 1.0"
+    reads the same in the raw text."""
+    from activities.explain import escape
+
+    assert escape("acme-parser 1.0 (gcc)") == "acme-parser 1.0 (gcc)"
+    assert escape("- 1. x") == "\\- 1. x" and escape("1. x") == "1\\. x"
+    for name in ("- item", "+ item", "1. first", "2) second", "= rule", "# h", "> quote"):
+        assert _text_of(_rendered(escape(name))).strip() == name, name
+        assert not re.search(r"<(ul|ol|h\d|blockquote|hr)", _rendered(escape(name))), name
