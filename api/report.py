@@ -92,6 +92,9 @@ async def get_report(
             raise HTTPException(409, f"the analysis of {sha256} ended {row.status}: "
                                 f"{serialisable(row.error_details) or 'no details'}; "
                                 "there is no report")
+        if row.status == SUCCESS:
+            raise HTTPException(409, f"the prediction of {sha256} has no stored results: "
+                                "there is no report")
         raise HTTPException(409, f"the analysis of {sha256} is not finished (status "
                             f"{row.status}): the report is ready when it succeeds")
     results: dict[str, Any] = serialisable(row.prediction_results)

@@ -226,3 +226,9 @@ async def test_report_errors_are_clear(api: httpx.AsyncClient) -> None:
     assert ended.status_code == 409 and "boom" in ended.json()["detail"]
     assert (await api.get(f"/predictions/{pending}/{MODEL_NAME}/report",
                           params={"match": 0})).status_code == 422
+    # A SUCCESS row written without results (Update Predictions with null): 409 too.
+    emptied = await api.put(f"/internal/predictions/{pending}/{MODEL_NAME}/results",
+                            json={"prediction_results": None})
+    assert emptied.status_code == 200, emptied.text
+    empty = await api.get(f"/predictions/{pending}/{MODEL_NAME}/report")
+    assert empty.status_code == 409 and "no stored results" in empty.json()["detail"]
