@@ -15,7 +15,11 @@ from jinja2 import Environment, PackageLoader
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-MATCHES_DETAILED = 10  # the best matches shown side by side (those with block attribution)
+# The best matches shown side by side: those the worker attributes to blocks, as
+# festive/occlusion.py's MATCHES and MAX_BLOCKS say (not imported: numpy stays out of
+# the API; tests/test_occlusion.py checks they agree).
+MATCHES_DETAILED = 10
+OCCLUDED_MAX_BLOCKS = 256
 BLOCKS_SHOWN = 300  # blocks of one function listed on the page
 MARKED_BLOCKS = 3  # at most this many blocks are marked as having driven the similarity
 MARK_MIN_DROP = 0.01  # ... and only when the similarity falls at least this much without it
@@ -170,7 +174,8 @@ def _sample_side(match: dict[str, str], child_name: str, func: dict[str, Any] | 
             "so its code cannot be shown."))
     note = "" if drops else (
         "No block attribution for this match: it is measured for the "
-        f"{MATCHES_DETAILED} best matches of functions of at most 256 blocks.")
+        f"{MATCHES_DETAILED} best matches of functions of at most {OCCLUDED_MAX_BLOCKS} "
+        "blocks.")
     return Side("Sample function", labels, blocks_of(func, drops), len(func.get("blocks", [])),
                 note)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from api.report_render import MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS
 from festive.engine import load_engine
-from festive.occlusion import MAX_BLOCKS, block_drops, without_block
+from festive.occlusion import MATCHES, MAX_BLOCKS, block_drops, without_block
 
 
 def _function(blocks: int) -> dict:
@@ -47,3 +48,7 @@ def test_large_functions_are_not_attributed() -> None:
     model = load_engine().model
     func = _function(MAX_BLOCKS + 1)
     assert block_drops(model, func, model.embed([func])[0]) == {}
+
+
+def test_the_report_says_what_the_worker_attributes() -> None:
+    assert (MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS) == (MATCHES, MAX_BLOCKS)
