@@ -24,7 +24,7 @@ from common import metrics
 from common.config import PROJECT_ROOT
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from common.failures import STORAGE_FULL
-from lifting.angr_lift import LIFT_FORMAT
+from lifting.angr_lift import LIFT_CACHE_KIND
 from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED
 
 HEARTBEAT_S = 2.0
@@ -48,7 +48,7 @@ class Lift:
     async def lift_binary(self, request: LiftRequest) -> LiftResult:
         blobs = self.deps.blobs
         child = request.child
-        cache_kind = f"lift-{LIFT_FORMAT.replace('/', '-')}"
+        cache_kind = LIFT_CACHE_KIND
         # The cache lives in the blob store, so a lift done on one machine serves them
         # all. Blob I/O (S3 requests, downloads) runs in threads: heartbeats go on.
         cached = await asyncio.to_thread(blobs.get_derived, cache_kind, child.sha256)

@@ -8,13 +8,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from temporalio.service import RPCError
 
 from api import batches as b
 from api import handlers as h
 from api import references as refs
+from api import report
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.metrics import RequestMetrics
@@ -60,6 +61,11 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
      f"{EXTERNAL} Get prediction status of sample", StatusResponse),
     ("GET", "/predictions/{sha256_hash}/{model_name}/results", h.get_results, "Get Results",
      "Prediction", f"{EXTERNAL} Get prediction results of sample", PredictionOut),
+    ("GET", "/predictions/{sha256_hash}/{model_name}/report", report.get_report, "Get Report",
+     "Prediction", f"{EXTERNAL} Get an analysis as a self-contained HTML page: verdict, "
+     "family evidence chart, matched functions, the best matches side by side with the "
+     "blocks that drove their similarity, explanation, skipped archive members; 409 while "
+     "the analysis is not finished (not in the seed)", None),
     ("POST", "/predictions/{sha256_hash}/{model_name}/revoke", h.revoke_prediction_task,
      "Revoke Prediction Task", "Revoke",
      f"{EXTERNAL} Revoke prediction task that's currently running", Detail),
@@ -132,6 +138,9 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
      "References", f"{INTERNAL} Remove a reference sample (a new index version)", Detail),
 ]
 
+# Operations that answer something else than JSON.
+RESPONSE_CLASSES: dict[Callable[..., Any], type[Any]] = {report.get_report: HTMLResponse}
+
 # Operations whose multipart body is read as a stream: (request body, schema name, schema).
 STREAMED_UPLOADS: dict[Callable[..., Any], tuple[dict[str, Any], str, dict[str, Any]]] = {
     h.submit_sample: (UPLOAD_REQUEST_BODY, UPLOAD_SCHEMA_NAME, UPLOAD_SCHEMA),
@@ -193,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             openapi_extra={"requestBody": STREAMED_UPLOADS[handler][0]}
             if handler in STREAMED_UPLOADS else None,
             max_body_size=body_limits.get(handler),
+            **({"response_class": RESPONSE_CLASSES[handler]} if handler in RESPONSE_CLASSES
+               else {}),
         )
     _document_upload_schema(app)
     add_docs(app)

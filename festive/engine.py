@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from festive.attribution.csr import dense_rows
 from festive.attribution.index import ExtraBuild, ReferenceIndex
-from festive.attribution.search import Searcher
+from festive.attribution.search import Quantised, Searcher
 from festive.attribution.verdict import FamilyEvidence, ReferenceView, VerdictParams, capped, decide
 from festive.card import (
     DEFAULT_ENGINE,
@@ -28,6 +29,8 @@ from festive.card import (
     read_card,
 )
 from festive.features import is_considered
+from festive.occlusion import MATCHES as OCCLUDED_MATCHES
+from festive.occlusion import block_drops
 from festive.user_references import ReferenceSet, ReferenceVectors, decode
 
 MAX_MATCHES = 500  # evidence rows in the results
@@ -147,6 +150,7 @@ class Engine:
         verdict = self.index.families[present[0].family] if present else "unknown"
         confidence = capped(present[0].probability, self.params) if present else 0.0
         matched_queries = {m.query for e in decided for m in e.matches}
+        chosen = self._chosen(decided)
         return {
             "model": MODEL_NAME,
             "model_version": self.version,
@@ -163,9 +167,28 @@ class Engine:
             "functions_matched": str(len(matched_queries)),
             "families": {self.index.families[e.family]: self._family(e, considered)
                          for e in decided},
-            "matches": self._matches(decided, considered, sims, rows),
+            "matches": self._matches(chosen, considered, sims, rows),
+            "block_attribution": self._block_attribution(chosen, considered),
             "children": children_out,
         }
+
+    def _block_attribution(self, chosen: list[Any],
+                           considered: list[Any]) -> dict[str, dict[str, str]]:
+        """Per best match (OCCLUDED_MATCHES of them, by similarity): {block address:
+        similarity lost without the block} (festive/occlusion.py)."""
+        out: dict[str, dict[str, str]] = {}
+        for m in chosen[:OCCLUDED_MATCHES]:
+            child, func = considered[m.query]
+            drops = block_drops(self.model, func, self._row_vector(m.row))
+            if drops:
+                out[self._key(child, func)] = {addr: _fmt(d) for addr, d in drops.items()}
+        return out
+
+    def _row_vector(self, row: int) -> np.ndarray:
+        vectors = self.index.vectors
+        if isinstance(vectors, Quantised):
+            return vectors.rows(row, row + 1)[0]
+        return dense_rows(vectors, row, row + 1)[0]
 
     def _key(self, child: dict[str, Any], func: dict[str, Any]) -> str:
         return f"{child['sha256'][:12]}:{func['addr']}"
@@ -190,13 +213,17 @@ class Engine:
             "best_matches": " ".join(best),
         }
 
-    def _matches(self, decided: list[FamilyEvidence], considered: list[Any],
-                 sims: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, str]]:
+    def _chosen(self, decided: list[FamilyEvidence]) -> list[Any]:
+        """The matches listed as evidence, best first: each family's best ones, then the
+        rest by similarity up to MAX_MATCHES."""
         chosen = [m for e in decided for m in e.matches[:MATCHES_PER_FAMILY]]
         rest = sorted((m for e in decided for m in e.matches[MATCHES_PER_FAMILY:]),
                       key=lambda m: -m.similarity)
         chosen = sorted(chosen, key=lambda m: -m.similarity)
-        chosen += rest[: max(0, MAX_MATCHES - len(chosen))]
+        return chosen + rest[: max(0, MAX_MATCHES - len(chosen))]
+
+    def _matches(self, chosen: list[Any], considered: list[Any],
+                 sims: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         idx = self.index
         for m in chosen:

@@ -19,6 +19,8 @@ from typing import Any
 # addresses (as `nm`/objdump show them), jump-table fragments are merged into their
 # function (see _fragments), `stripped` means "no static symbol table".
 LIFT_FORMAT = "ae-lift/3"
+# The blob store's derived-blob kind under which a binary's lift is cached (by its sha256).
+LIFT_CACHE_KIND = f"lift-{LIFT_FORMAT.replace('/', '-')}"
 
 # Function names of compiler/runtime scaffolding: never worth attributing.
 RUNTIME_FUNCTIONS = frozenset(

@@ -310,6 +310,15 @@ class PredictionStore:
         async with self.session() as session:
             return await session.get(Reference, sha256)
 
+    async def references_with_prefix(self, prefix: str, limit: int = 2) -> list[Reference]:
+        """References whose sha256 starts with `prefix` (hex), in sha256 order."""
+        if not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        query = (select(Reference).where(Reference.sha256.startswith(prefix))
+                 .order_by(Reference.sha256).limit(limit))
+        async with self.session() as session:
+            return list(await session.scalars(query))
+
     async def list_references(self, after_sha256: str, limit: int) -> list[Reference]:
         """A page of references in sha256 order, after the cursor."""
         query = (select(Reference).where(Reference.sha256 > after_sha256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from activities.explain import render_explanation
 
 SHA = "ab" * 32
@@ -55,3 +57,79 @@ def test_nothing_matched() -> None:
     text = render_explanation(SHA, results("unknown", {}))
     assert "none of the 42 functions large enough to judge matched" in text
     assert "## Families" not in text
+
+
+HOSTILE = [
+    "<script>document.title='pwned'</script>",
+    "<img src=x onerror=alert(1)>",
+    "[click](javascript:alert(1))",
+    "![x](http://evil.example/x.png)",
+    "**bold** _em_ # not a heading",
+    "a|b|c",
+    "`tick` and ``two``",
+    "` starts with a backtick",
+    "line\nbreak\r\n# heading",
+    "back\\slash\\|",
+]
+
+
+def _rendered(markdown: str) -> str:
+    """HTML as a renderer that lets raw HTML through would make it (the strict case)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+
+
+def _text_of(html: str) -> str:
+    """The text a browser shows for `html` (tags dropped, entities decoded)."""
+    import html as html_lib
+    import re
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def test_sample_names_are_escaped_in_the_markdown() -> None:
+    """Hostile function, member and reference names stay text: no HTML, link, image,
+    emphasis, heading or extra table cell reaches the rendered explanation, and each
+    name reads back exactly (line breaks as spaces)."""
+    data = results("zlib", {"zlib": {"status": "present", "probability": "0.9000",
+                                     "functions_matched": str(len(HOSTILE))}},
+                   present="zlib")
+    for match, name in zip(data["matches"].values(), HOSTILE, strict=True):  # type: ignore[union-attr]
+        match["name"] = name
+        match["reference_function"] = name
+    data["children"] = {f"{i:064x}": {"name": n, "format": "ELF", "arch": "AMD64",
+                                      "functions": "1"} for i, n in enumerate(HOSTILE)}
+    data["skipped"] = {n: {"name": n, "reason": f"not an executable: {n}"} for n in HOSTILE}
+    html = _rendered(render_explanation(SHA, data))
+    for tag in ("<script", "<img", "<a ", "<strong>bold", "<em>", "<h1>heading", "<h1>not"):
+        assert tag not in html, tag
+    shown = _text_of(html)
+    for name in HOSTILE:
+        flat = name.replace("\r\n", " ").replace("\n", " ")
+        # function name + reference function in the table, binary, skipped member, reason
+        assert shown.count(flat) >= 4, (name, shown)
+    # The table keeps its columns: every body row has exactly the 6 cells of its header.
+    rows = re.findall(r"<tr>(.*?)</tr>", html, flags=re.S)
+    assert rows and all(len(re.findall(r"<t[dh][ >]", row)) in (6, 7) for row in rows)
+
+
+def test_code_span_and_escape_round_trip() -> None:
+    from activities.explain import code, escape
+
+    for name in HOSTILE + ["plain", " spaced ", "x"]:
+        flat = name.replace("\r\n", " ").replace("\n", " ")
+        assert _text_of(_rendered(code(name))).strip("\n") == flat, name
+        assert _text_of(_rendered(escape(name))).strip() == flat.strip(), name
+
+
+def test_plain_labels_stay_readable_in_the_markdown() -> None:
+    """Only characters Markdown acts on are escaped: a label like "acme-parser 1.0"
+    reads the same in the raw text."""
+    from activities.explain import escape
+
+    assert escape("acme-parser 1.0 (gcc)") == "acme-parser 1.0 (gcc)"
+    assert escape("- 1. x") == "\\- 1. x" and escape("1. x") == "1\\. x"
+    for name in ("- item", "+ item", "1. first", "2) second", "= rule", "# h", "> quote"):
+        assert _text_of(_rendered(escape(name))).strip() == name, name
+        assert not re.search(r"<(ul|ol|h\d|blockquote|hr)", _rendered(escape(name))), name

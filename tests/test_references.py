@@ -306,6 +306,16 @@ async def test_adding_a_reference_changes_the_next_verdict(
     assert {m["reference_function"] for m in evidence} >= {"rl_parse", "rl_rle_encode"}
     assert all(f"user:{ref['sha256'][:12]}" in m["reference_build"] for m in evidence)
     assert "acme-parser" in after["explanation_results"]
+    # Its report shows the user reference's own lifted code beside the sample's.
+    page = await api.get(f"/predictions/{after['sha256_hash']}/{MODEL_NAME}/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    sections = [s for s in page.text.split('<details id="match-')[1:]
+                if "a reference a user added" in s]
+    assert sections, page.text[:3000]
+    for section in sections:
+        reference_side = section.split("<h3>Reference function</h3>")[1]
+        assert ref["sha256"] in reference_side and "cannot be shown" not in reference_side
+        assert reference_side.count('<div class="block') >= 5
 
     # The same sha256 again: the existing reference, no new run, labels unchanged.
     run = await client.get_workflow_handle(reference_workflow_id(ref["sha256"])).describe()

@@ -1,0 +1,54 @@
+"""Occlusion (festive/occlusion.py) on the shipped model: a block's attribution is the
+similarity lost when the model sees the function without that block's statements."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from api.report_render import MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS
+from festive.engine import load_engine
+from festive.occlusion import MATCHES, MAX_BLOCKS, block_drops, without_block
+
+
+def _function(blocks: int) -> dict:
+    vex = [
+        ["t0 = GET:I64(offset=16)", "t1 = Add64(t0,0x0000000000000001)", "PUT(offset=16) = t1",
+         "NEXT Ijk_Boring 0x401010"],
+        ["t2 = LDle:I32(t0)", "t3 = Xor32(t2,0xedb88320)", "t4 = Shr32(t3,0x08)",
+         "STle(t0) = t4", "NEXT Ijk_Boring 0x401020"],
+        ["t5 = CmpEQ64(t0,0x0000000000000000)", "if (t5) { PUT(offset=184) = 0x401040; "
+         "Ijk_Boring }", "NEXT Ijk_Boring 0x401030"],
+        [],  # a block without statements: removing them changes nothing
+        ["t6 = GET:I64(offset=48)", "NEXT Ijk_Ret t6"],
+    ]
+    return {
+        "addr": "0x401000", "name": "f", "calls": [], "strings": [], "runtime": False,
+        "blocks": [{"addr": hex(0x401000 + 16 * i), "size": 16, "vex": vex[i % len(vex)]}
+                   for i in range(blocks)],
+        "edges": [[i, i + 1] for i in range(blocks - 1)],
+    }
+
+
+def test_drops_are_the_similarity_lost_without_each_block() -> None:
+    model = load_engine().model
+    func = _function(5)
+    reference = model.embed([func])[0]  # the function's own vector: similarity 1
+    drops = block_drops(model, func, reference)
+    assert list(drops) == [b["addr"] for b in func["blocks"]]
+    variants = model.embed([without_block(func, i) for i in range(5)])
+    assert np.allclose([drops[b["addr"]] for b in func["blocks"]],
+                       float(model.embed([func])[0] @ reference) - variants @ reference,
+                       atol=1e-5)
+    assert all(d >= -1e-5 for d in drops.values())  # nothing is closer to itself than itself
+    assert abs(drops["0x401030"]) < 1e-6  # the empty block
+    assert max(drops.values()) > 0.01  # the code blocks matter
+
+
+def test_large_functions_are_not_attributed() -> None:
+    model = load_engine().model
+    func = _function(MAX_BLOCKS + 1)
+    assert block_drops(model, func, model.embed([func])[0]) == {}
+
+
+def test_the_report_says_what_the_worker_attributes() -> None:
+    assert (MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS) == (MATCHES, MAX_BLOCKS)
