@@ -189,12 +189,17 @@ def _rar5_block(
     return struct.pack("<I", zlib.crc32(sized)) + sized + data
 
 
-def rar5_stored(entries: list[tuple[str, bytes]], encrypted: bool = False) -> bytes:
+def rar5_stored(
+    entries: list[tuple[str, bytes]], encrypted: bool = False, encrypted_headers: bool = False
+) -> bytes:
     """RAR 5.0 with every file stored (method 0), Unix host, CRC32 of each file.
 
-    `encrypted` adds a file encryption record (AES-256, random-looking salt and IV)
-    without encrypting the data: enough to see what a reader does with it."""
+    `encrypted` adds a file encryption record (AES-256, salt and IV) without encrypting
+    the data, `encrypted_headers` an archive encryption header before the others: enough
+    to see what a reader does with them."""
     out = bytearray(RAR5_SIGNATURE)
+    if encrypted_headers:  # version 0, no flags, KDF count, salt
+        out += _rar5_block(4, 0, _vint(0) + _vint(0) + bytes([15]) + bytes(range(16)))
     out += _rar5_block(1, 0, _vint(0))  # main archive header: no flags
     for name, data in entries:
         raw = name.encode()

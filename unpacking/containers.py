@@ -47,7 +47,9 @@ MSI_CLSID = "000C1084-0000-0000-C000-000000000046"
 MSI_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._"
 
 _ARCHIVE_OK, _ARCHIVE_EOF, _ARCHIVE_WARN = 0, 1, -20
-_lib = ffi.libarchive
+# A handle of our own: libarchive-c's function objects carry an errcheck that raises on
+# any negative status, these return the status as it is.
+_lib = ctypes.CDLL(ffi.libarchive_path)
 _lib.archive_entry_is_encrypted.argtypes = [ctypes.c_void_p]
 _lib.archive_entry_is_encrypted.restype = ctypes.c_int
 _lib.archive_entry_pathname.argtypes = [ctypes.c_void_p]
@@ -92,7 +94,7 @@ def read_container(
 # --- libarchive ------------------------------------------------------------------------------
 def _error(archive_p: int) -> str:
     raw = _lib.archive_error_string(archive_p)
-    return raw.decode("utf-8", "replace") if raw else "unknown libarchive error"
+    return raw.decode("utf-8", "replace") if raw else "unexpected end or malformed header"
 
 
 def _text(raw: bytes | None) -> str:
@@ -140,7 +142,8 @@ def _read_libarchive(
         try:
             ffi.read_open_filename_w(archive_p, str(path), CHUNK)
         except ArchiveError as exc:
-            raise CorruptArchive(f"corrupt {kind} archive: {exc.msg}") from exc
+            reason = exc.msg or "not readable as this format"
+            raise CorruptArchive(f"corrupt {kind} archive: {reason}") from exc
         while True:
             status = _lib.archive_read_next_header2(archive_p, entry_p)
             if status == _ARCHIVE_EOF:
