@@ -252,14 +252,11 @@ class _Target:
 def worker(target: str, libfuzzer_args: list[str]) -> None:
     import atheris
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
+    # libFuzzer ends the process with exit(): the driver removes the scratch folder.
+    scratch = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-", dir=os.environ.get("FUZZ_TMP")))
     stats = Path(os.environ.get("FUZZ_STATS", scratch / "stats.json"))
-    run = _Target(target, scratch, stats)
-    try:
-        atheris.Setup([sys.argv[0], *libfuzzer_args], run)
-        atheris.Fuzz()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    atheris.Setup([sys.argv[0], *libfuzzer_args], _Target(target, scratch, stats))
+    atheris.Fuzz()
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -272,7 +269,8 @@ def session(target: str, seconds: int, corpus: Path, seeds: Path, artifacts: Pat
             str(corpus), str(seeds)]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                          env={**os.environ, "FUZZ_STATS": str(stats)})  # fmt: skip
+                          env={**os.environ, "FUZZ_STATS": str(stats),
+                               "FUZZ_TMP": str(corpus.parent)})  # fmt: skip
     log = done.stdout + done.stderr
     runs = re.findall(r"stat::number_of_executed_units: (\d+)", log)
     if not runs:  # crashed before the final stats: the last progress line has the count
@@ -283,16 +281,20 @@ def session(target: str, seconds: int, corpus: Path, seeds: Path, artifacts: Pat
 
 def reproduce(target: str, path: Path) -> str:
     argv = [sys.executable, __file__, "--worker", target, "--", str(path)]
-    done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=600)
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=600, env={**os.environ, "FUZZ_TMP": scratch})  # fmt: skip
     lines = [line for line in (done.stdout + done.stderr).splitlines()
              if line.strip() and not line.startswith(("INFO:", "#", "MS:"))]  # fmt: skip
     return "\n".join(lines[-12:])
 
 
 def minimise(target: str, path: Path, out: Path) -> Path:
-    subprocess.run([sys.executable, __file__, "--worker", target, "--", "-minimize_crash=1",
-                    "-max_total_time=60", f"-exact_artifact_path={out}", str(path)],
-                   capture_output=True, timeout=300)  # fmt: skip
+    argv = [sys.executable, __file__, "--worker", target, "--", "-minimize_crash=1",
+            "-max_total_time=60", f"-exact_artifact_path={out}", str(path)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run(argv, capture_output=True, timeout=300,
+                       env={**os.environ, "FUZZ_TMP": scratch})  # fmt: skip
     return out if out.exists() and out.stat().st_size else path
 
 

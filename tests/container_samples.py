@@ -1,7 +1,7 @@
 """Build real RAR, CAB, ISO 9660, cpio, ar/deb and MSI containers, and their hostile twins.
 
 The well-formed ones come from Debian's own tools (bsdtar, gcab, genisoimage, dpkg-deb,
-wixl), run here at test time on a real ELF (/bin/true). Nothing in Debian's main archive
+wixl, xorriso), run here at test time on a real ELF (/bin/true). Nothing in Debian's main archive
 writes RAR (`rar` is non-free and not reachable), so RAR files are written by
 `rar4_stored` / `rar5_stored` below, from the published format descriptions (RAR 4.x
 technote; RAR 5.0 archive format), with the "store" method: libarchive reads them as it
@@ -19,7 +19,7 @@ from pathlib import Path
 
 TRUE_ELF = Path("/bin/true").read_bytes()
 TOOLS = {"bsdtar": "libarchive-tools", "gcab": "gcab", "genisoimage": "genisoimage",
-         "wixl": "wixl", "dpkg-deb": "dpkg"}  # fmt: skip
+         "wixl": "wixl", "dpkg-deb": "dpkg", "xorriso": "xorriso"}  # fmt: skip
 
 
 def missing_tools() -> list[str]:

@@ -300,7 +300,10 @@ def _zip_directory_size(path: Path) -> int:
             return 0
         directory = struct.unpack("<I", tail[at + 12 : at + 16])[0]
         if directory == 0xFFFFFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
-            handle.seek(struct.unpack("<Q", tail[at - 12 : at - 4])[0])
+            record_at = struct.unpack("<Q", tail[at - 12 : at - 4])[0]
+            if record_at >= size:  # zipfile reports the broken locator itself
+                return 0
+            handle.seek(record_at)
             record = handle.read(56)
             if record[:4] == b"PK\x06\x06" and len(record) == 56:
                 directory = struct.unpack("<Q", record[40:48])[0]

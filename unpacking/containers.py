@@ -264,9 +264,9 @@ def rar5_encrypted_names(path: Path, passwords: int) -> set[str]:
                 names.add(name)
             if kind == 5:
                 return names
-            handle.seek(data_size, 1)
-            if handle.tell() > size:
+            if handle.tell() + data_size > size:  # a data area past the end: libarchive's call
                 return names
+            handle.seek(data_size, 1)
     return names
 
 
