@@ -300,7 +300,6 @@ def minimise(target: str, path: Path, out: Path) -> Path:
 
 def drive(targets: list[str], seconds: int, timeout: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fuzz-driver-"))
-    FINDINGS.mkdir(exist_ok=True)
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "command": " ".join(["nice -n 10 .venv/bin/python bench/fuzz_unpack.py",
                                          f"--seconds {seconds * len(targets)}",
@@ -356,6 +355,7 @@ def drive(targets: list[str], seconds: int, timeout: int) -> dict:
 def _finding(target: str, artifact: Path, log: str) -> dict:
     kind = artifact.name.split("-", 1)[0]  # crash, timeout, oom, leak, slow-unit
     digest = hashlib.sha256(artifact.read_bytes()).hexdigest()[:12]
+    FINDINGS.mkdir(exist_ok=True)
     kept = FINDINGS / f"{target}-{kind}-{digest}"
     shutil.copyfile(artifact, kept)
     minimal = kept
@@ -380,10 +380,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=600, help="total, split between targets")
     parser.add_argument("--targets", default="unpack,upload")
     parser.add_argument("--timeout", type=int, default=90, help="seconds one input may take")
+    parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
     targets = args.targets.split(",")
     result = drive(targets, args.seconds // len(targets), args.timeout)
-    OUT_JSON.write_text(json.dumps(result, indent=1) + "\n")
+    if args.out != OUT_JSON:
+        result["command"] += f" --out {args.out}"
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     for name, target in result["targets"].items():
         print(f"{name}: {target['inputs']} inputs in {target['seconds']} s, "
               f"{len(target['findings'])} findings")  # fmt: skip
