@@ -29,7 +29,7 @@ import py7zr.exceptions
 import py7zr.helpers
 import py7zr.io
 
-from unpacking.formats import BadSample
+from unpacking.formats import BadSample, detect_archive
 
 CHUNK = 1 << 16
 RATIO_FLOOR = 1 << 20  # below 1 MiB of output the compression ratio is not worth judging
@@ -208,37 +208,6 @@ def is_traversal(raw: str) -> bool:
     return cleaned.startswith("/") or ".." in parts or (len(cleaned) > 1 and cleaned[1] == ":")
 
 
-# --- sniffing ------------------------------------------------------------------------------
-def detect_archive(head: bytes) -> str | None:
-    """ "zip", "7z", "gzip", "bzip2", "xz" or "tar", from a file's first bytes."""
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
-        return "zip"
-    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
-        return "7z"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh") and head[3:4].isdigit() and head[3:4] != b"0":
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if _looks_like_tar(head):
-        return "tar"
-    return None
-
-
-def _looks_like_tar(head: bytes) -> bool:
-    if len(head) < 512:
-        return False
-    if head[257:262] == b"ustar":
-        return True
-    try:  # old V7 tar has no magic: trust a matching header checksum
-        stored = int(head[148:156].replace(b"\0", b" ").strip() or b"x", 8)
-    except ValueError:
-        return False
-    computed = sum(head[:148]) + 8 * 32 + sum(head[156:512])
-    return stored == computed
-
-
 def describe(head: bytes) -> str:
     """A short human description of a non-executable, non-archive file."""
     if not head:
@@ -331,7 +300,10 @@ def _zip_directory_size(path: Path) -> int:
             return 0
         directory = struct.unpack("<I", tail[at + 12 : at + 16])[0]
         if directory == 0xFFFFFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
-            handle.seek(struct.unpack("<Q", tail[at - 12 : at - 4])[0])
+            record_at = struct.unpack("<Q", tail[at - 12 : at - 4])[0]
+            if record_at >= size:  # zipfile reports the broken locator itself
+                return 0
+            handle.seek(record_at)
             record = handle.read(56)
             if record[:4] == b"PK\x06\x06" and len(record) == 56:
                 directory = struct.unpack("<Q", record[40:48])[0]

@@ -28,18 +28,24 @@ from unpacking.archives import (
     Meter,
     StopUnpacking,
     describe,
-    detect_archive,
     is_traversal,
     read_archive,
     read_up_to,
     sanitize_name,
 )
-from unpacking.formats import BadSample, check_executable, detect_executable
+from unpacking.containers import CONTAINER_KINDS, read_container
+from unpacking.formats import (
+    ARCHIVE_HEAD_BYTES,
+    BadSample,
+    check_executable,
+    detect_archive,
+    detect_executable,
+)
 
 __all__ = ["BadSample", "Child", "UnpackLimits", "UnpackReport", "unpack_sample"]
 
 MiB = 1 << 20
-HEAD = 4096  # enough for every magic number checked, including tar's at offset 257
+HEAD = ARCHIVE_HEAD_BYTES  # enough for every magic number checked, ISO 9660's at 0x8001
 UPX_TIMEOUT_S = 60
 NOTHING_FOUND = "no supported executable (ELF, PE, Mach-O) found"
 
@@ -146,7 +152,8 @@ class _Unpacker:
         try:
             with self.blobs.local_copy(sha256) as path:
                 meter = Meter(self.budget, path.stat().st_size, self.limits.max_ratio)
-                entry["type"] = read_archive(
+                reader = read_container if kind in CONTAINER_KINDS else read_archive
+                entry["type"] = reader(
                     kind,
                     path,
                     meter,

@@ -200,3 +200,71 @@ def _check_fat(handle, size: int, wide: bool) -> None:
                 f"malformed Mach-O universal binary: architecture {index} "
                 f"(offset {offset}, size {length}) lies outside the file ({size} bytes)"
             )
+
+
+# --- containers ------------------------------------------------------------------------------
+# How many leading bytes detect_archive needs: ISO 9660's first volume descriptor starts
+# at sector 16 (offset 0x8000) and carries "CD001" at 0x8001.
+ISO_MAGIC_OFFSET = 0x8001
+ARCHIVE_HEAD_BYTES = ISO_MAGIC_OFFSET + 5
+RAR4_MAGIC = b"Rar!\x1a\x07\x00"
+RAR5_MAGIC = b"Rar!\x1a\x07\x01\x00"
+CAB_MAGIC = b"MSCF\0\0\0\0"
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # MSI, old Office documents, ...
+AR_MAGIC = b"!<arch>\n"  # ar, .a static libraries, .deb packages
+CPIO_MAGICS = (b"070701", b"070702", b"070707")  # newc, crc, odc (portable ASCII)
+CPIO_BINARY = (b"\xc7\x71", b"\x71\xc7")  # old binary cpio, little- and big-endian
+
+
+def detect_archive(head: bytes) -> str | None:
+    """The container kind from a file's first bytes (ARCHIVE_HEAD_BYTES of them for ISO):
+    "zip", "7z", "gzip", "bzip2", "xz", "tar", "rar" (v4 or v5), "cab", "iso9660",
+    "cpio", "ar" or "ole" (MSI and other OLE compound files); None otherwise."""
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return "zip"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "7z"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh") and head[3:4].isdigit() and head[3:4] != b"0":
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(RAR4_MAGIC) or head.startswith(RAR5_MAGIC):
+        return "rar"
+    if head.startswith(CAB_MAGIC):
+        return "cab"
+    if head.startswith(OLE_MAGIC):
+        return "ole"
+    if head.startswith(AR_MAGIC):
+        return "ar"
+    if head[:6] in CPIO_MAGICS or _looks_like_binary_cpio(head):
+        return "cpio"
+    if _looks_like_tar(head):
+        return "tar"
+    if head[ISO_MAGIC_OFFSET : ISO_MAGIC_OFFSET + 5] == b"CD001":
+        return "iso9660"
+    return None
+
+
+def _looks_like_binary_cpio(head: bytes) -> bool:
+    """Two magic bytes are weak: also want a NUL-terminated first name where the header
+    says it ends."""
+    if head[:2] not in CPIO_BINARY or len(head) < 26:
+        return False
+    end = "<" if head[:2] == CPIO_BINARY[0] else ">"
+    namesize = struct.unpack(end + "H", head[20:22])[0]
+    return 1 < namesize <= 1024 and len(head) >= 26 + namesize and head[25 + namesize] == 0
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    if len(head) < 512:
+        return False
+    if head[257:262] == b"ustar":
+        return True
+    try:  # old V7 tar has no magic: trust a matching header checksum
+        stored = int(head[148:156].replace(b"\0", b" ").strip() or b"x", 8)
+    except ValueError:
+        return False
+    computed = sum(head[:148]) + 8 * 32 + sum(head[156:512])
+    return stored == computed
