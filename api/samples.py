@@ -50,8 +50,9 @@ async def list_samples(
         Query(description="the model's status word")] = None,
     model: ModelQuery = ModelName.FESTIVE,
     analysis_version: Annotated[
-        str | None, Query(min_length=1, max_length=128, description="the result's model and "
-                          "index version, e.g. 1.2.0+idx.e7b72ec8255c3368")] = None,
+        str | None, Query(pattern=r"^[A-Za-z0-9._+~:-]{1,128}$",
+                          description="the result's model and index version, e.g. "
+                          "1.2.0+idx.e7b72ec8255c3368")] = None,
     submitted_after: Annotated[
         datetime | None, Query(description="first submitted at or after (ISO 8601; UTC if no "
                                "zone)")] = None,
@@ -64,6 +65,8 @@ async def list_samples(
                                        "page's `next`")] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX, description="samples per page")] = 50,
 ) -> SamplePage:
+    if filename is not None and "\x00" in filename:
+        raise HTTPException(422, "filename must not contain a NUL character")
     moment_after, moment_before = _utc(submitted_after), _utc(submitted_before)
     if moment_after and moment_before and moment_after >= moment_before:
         raise HTTPException(422, "submitted_after must be before submitted_before")
@@ -100,7 +103,7 @@ async def similar_samples(
     limit: Annotated[int, Query(ge=1, le=100, description="samples answered")] = 10,
     min_similarity: Annotated[
         float, Query(ge=0.0, le=1.0, description="least similarity of a shared function")
-    ] = 0.9,
+    ] = 0.8,
     model: ModelQuery = ModelName.FESTIVE,
 ) -> SimilarPage:
     sha256 = sha256_hash.lower()

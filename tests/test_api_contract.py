@@ -9,6 +9,7 @@ import uuid
 import httpx
 
 from common.contracts import MODEL_NAME
+from store.models import SCHEMA_VERSION
 
 SEED_OPERATIONS = {
     # summary: (tag, parameter names)
@@ -50,6 +51,12 @@ BATCH_OPERATIONS = {
     "Cancel Reanalysis": ("post", "/internal/queue/reanalysis/{batch_id}/cancel"),
 }
 
+# Not in the seed: finding samples (api/samples.py).
+SAMPLE_OPERATIONS = {
+    "List Samples": ("get", "/samples"),
+    "Similar Samples": ("get", "/samples/{sha256_hash}/similar"),
+}
+
 
 def random_sha() -> str:
     return hashlib.sha256(os.urandom(16)).hexdigest()
@@ -67,7 +74,9 @@ async def test_openapi_lists_every_seed_operation(api: httpx.AsyncClient) -> Non
             found[op["summary"]] = (op["tags"][0], params, path, method)
     # The seed's operations, plus batch reanalysis and references for operators.
     assert set(found) == (set(SEED_OPERATIONS) | set(BATCH_OPERATIONS)
-                          | set(REFERENCE_OPERATIONS))
+                          | set(REFERENCE_OPERATIONS) | set(SAMPLE_OPERATIONS))
+    for summary, (method, path) in SAMPLE_OPERATIONS.items():
+        assert found[summary][0] == "Sample" and found[summary][2:] == (path, method)
     for summary, (method, path) in BATCH_OPERATIONS.items():
         assert found[summary][0] == "Queue" and found[summary][2:] == (path, method)
     for summary, (method, path) in REFERENCE_OPERATIONS.items():
@@ -85,7 +94,7 @@ async def test_ping_and_versions(api: httpx.AsyncClient) -> None:
     versions = (await api.get("/versions")).json()
     assert versions["attribution-api"] == "2.4.8"
     assert "temporalio" in versions["crystal-ball"]
-    assert "schema 3" in versions["prediction-store"]
+    assert f"schema {SCHEMA_VERSION}" in versions["prediction-store"]
     model = versions[MODEL_NAME]
     assert model["version"] and len(model["weights_sha256"]) == 64
     cb = (await api.get("/internal/versions/crystal-ball")).json()
