@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -317,3 +319,22 @@ async def test_bad_values_are_rejected_with_a_message(
     assert response.status_code == 200 and response.json()["items"]
     assert (await api.get("/samples", headers={"Authorization": "Bearer nope"})).status_code \
         == 401
+
+
+def test_the_api_side_index_needs_no_torch() -> None:
+    """The API process builds and searches the similar-sample index with numpy alone."""
+    script = (
+        "import sys, numpy as np\n"
+        "import api.app, api.samples, api.similar\n"
+        "from festive.attribution.similar import Function, SampleFunctions, SimilarIndex\n"
+        "v = np.eye(3, 8, dtype=np.float32)\n"
+        "s = SampleFunctions.of(v, [Function('c', hex(i), '', 6) for i in range(3)], 'w')\n"
+        "index = SimilarIndex()\n"
+        "index.add([(1, 'a', s), (2, 'b', s)])\n"
+        "found = index.search('a', s, np.arange(3), 5, 0.9)\n"
+        "assert [f.sha256 for f in found] == ['b'] and len(found[0].shared) == 3, found\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.similar import SimilarIndexes
 from common.contracts import SUCCESS
 from festive.attribution.similar import Function, SampleFunctions, decode, encode
 from store import migrate
@@ -235,3 +236,58 @@ async def test_function_rows_load_by_growing_id(store: PredictionStore) -> None:
     async with store.session() as session:
         assert len(list(await session.scalars(select(SampleFunctionsRow)))) == 3
         assert len(list(await session.scalars(select(FamilyEvidence)))) == 0
+
+
+def twin_functions(base_seed: int, noise_seed: int, noise: float) -> StoredFunctions:
+    """Functions close to those of `functions(base_seed)` (a rebuild of one source)."""
+    base = decode(functions(base_seed).vectors)
+    rng = np.random.default_rng(noise_seed)
+    vectors = base.vectors.rows(0, 3) + noise * rng.standard_normal((3, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample = SampleFunctions.of(vectors, [Function(sha(noise_seed), hex(0x2000 + i), f"g{i}", 6)
+                                          for i in range(3)], "w" * 64)
+    return StoredFunctions(encode(sample), sample.weights_sha256, 3)
+
+
+async def test_similar_index_loads_late_rows_and_drops_gone_ones(
+    store: PredictionStore,
+) -> None:
+    indexes = SimilarIndexes()
+    a, b, c = sha(31), sha(32), sha(33)
+    await analysed(store, a, "ra", results("unknown", {}), functions(31))
+    await analysed(store, b, "rb", results("unknown", {}), twin_functions(31, 32, 0.05))
+    await analysed(store, c, "rc", results("unknown", {}), functions(33))
+    # b's row as if its transaction committed after c's: absent at the first search
+    async with store.session.begin() as session:
+        late = await session.scalar(
+            select(SampleFunctionsRow).where(SampleFunctionsRow.sha256 == b))
+        assert late is not None
+        values = {k: getattr(late, k) for k in ("id", "sha256", "model", "analysis_version",
+                                                 "weights_sha256", "functions", "vectors",
+                                                 "created_at")}
+        await session.delete(late)
+    query = decode(functions(31).vectors)
+
+    async def similar(min_similarity: float = 0.8) -> list[str]:
+        found, _held = await indexes.search(store, MODEL, a, query, [0, 1, 2], 10,
+                                            min_similarity)
+        return [s.sha256 for s in found]
+
+    assert await similar(-1.0) == [c]
+    async with store.session.begin() as session:
+        session.add(SampleFunctionsRow(**values))
+    assert await similar() == [b]  # the id skipped over is looked for again
+    found, held = await indexes.search(store, MODEL, a, query, [1], 10, 0.8)
+    assert held == 3 and [(p.function.name, p.other.name) for p in found[0].shared] \
+        == [("f1", "g1")]
+
+    # b analysed again into other code: its new row replaces the one held
+    await store.begin_run(b, MODEL, VERSION, "rb2")
+    assert await store.save_results(b, MODEL, "rb2", VERSION, results("unknown", {}),
+                                    "", functions(34))
+    assert await similar() == []
+    # a prediction deleted: its sample is no longer answered
+    await analysed(store, c, "rc2", results("unknown", {}), twin_functions(31, 33, 0.05))
+    assert await similar() == [c]
+    assert await store.delete_prediction(c, MODEL)
+    assert await similar() == []
