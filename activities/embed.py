@@ -14,6 +14,8 @@ from activities.deps import Deps
 from activities.heartbeat import in_thread_with_heartbeat
 from common import metrics
 from common.contracts import EmbedRequest, EmbedResult
+from festive.attribution.similar import SampleFunctions
+from festive.attribution.similar import encode as encode_functions
 from festive.user_references import ActiveReference, ReferenceSet
 from store.blobs import BlobStore
 
@@ -24,8 +26,10 @@ class Embed:
 
     @activity.defn(name="embed_compare")
     async def embed_compare(self, request: EmbedRequest) -> EmbedResult:
-        results = await in_thread_with_heartbeat(self._attribute, request, detail="embedding")
+        results, functions = await in_thread_with_heartbeat(self._attribute, request,
+                                                            detail="embedding")
         results_sha = self.deps.blobs.put_json(results)
+        functions_sha = self.deps.blobs.put_bytes(encode_functions(functions))
         meter = activity.metric_meter()
         metrics.count(meter, metrics.FUNCTIONS_JUDGED,
                       _int(results.get("functions_considered")))
@@ -35,9 +39,10 @@ class Embed:
             model_version=str(results.get("analysis_version", "")),
             verdict=str(results.get("verdict", "")),
             device=str(results.get("device", "")),
+            functions_sha256=functions_sha,
         )
 
-    def _attribute(self, request: EmbedRequest) -> dict[str, Any]:
+    def _attribute(self, request: EmbedRequest) -> tuple[dict[str, Any], SampleFunctions]:
         from festive.engine import load_engine  # heavy (numpy/torch): loaded in the worker only
 
         blobs = self.deps.blobs
@@ -47,12 +52,13 @@ class Embed:
              "lift": blobs.read_json(item.lift_sha256)}
             for item in request.lifted
         ]
-        results = engine.attribute(children, _reference_set(blobs, request.references_sha256))
+        results, functions = engine.attribute_with_functions(
+            children, _reference_set(blobs, request.references_sha256))
         results["device"] = engine.device
         report = blobs.read_json(request.unpack_report_sha256)
         if report.get("skipped"):
             results["skipped"] = _skipped_by_name(report["skipped"])
-        return results
+        return results, functions
 
 
 def _int(value: Any) -> int:

@@ -11,7 +11,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
 from common.contracts import STARTED, PersistRequest, StatusUpdate
-from store.db import PredictionStore
+from festive.attribution.similar import decode as decode_functions
+from store.db import PredictionStore, StoredFunctions
 
 
 async def _retryable(write: Awaitable[bool]) -> bool:
@@ -44,9 +45,14 @@ class Persist:
         results = await asyncio.to_thread(blobs.read_json, request.results_sha256)
         explanation = (await asyncio.to_thread(blobs.read_bytes,
                                                request.explanation_sha256)).decode()
+        functions = None
+        if request.functions_sha256:  # runs from before the similar-sample index have none
+            data = await asyncio.to_thread(blobs.read_bytes, request.functions_sha256)
+            sample = decode_functions(data)
+            functions = StoredFunctions(data, sample.weights_sha256, len(sample.functions))
         return await _retryable(self._store.save_results(
             request.sha256, request.model_name, request.run_id, request.model_version,
-            results, explanation,
+            results, explanation, functions,
         ))
 
     @activity.defn(name="record_status")

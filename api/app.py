@@ -16,6 +16,7 @@ from api import batches as b
 from api import handlers as h
 from api import references as refs
 from api import report
+from api import samples as smp
 from api.auth import check_settings, guard_for
 from api.docs import add_docs
 from api.metrics import RequestMetrics
@@ -33,6 +34,8 @@ from api.schemas import (
     ReferenceOut,
     ReferencePage,
     SampleId,
+    SamplePage,
+    SimilarPage,
     StatusResponse,
 )
 from api.state import ApiState
@@ -57,6 +60,14 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
      f"{EXTERNAL} Ping to check health of attribution-api service", Check),
     ("POST", "/samples", h.submit_sample, "Submit Sample", "Sample",
      f"{EXTERNAL} Submit Sample for prediction", SampleId),
+    ("GET", "/samples", smp.list_samples, "List Samples", "Sample",
+     f"{EXTERNAL} List stored samples, filtered by family present, verdict, status, model, "
+     "analysis version, submission time and file name, oldest submission first, a page at "
+     "a time (cursor `after` = the previous page's `next`) (not in the seed)", SamplePage),
+    ("GET", "/samples/{sha256_hash}/similar", smp.similar_samples, "Similar Samples", "Sample",
+     f"{EXTERNAL} The stored samples that share functions with this one (or with one of its "
+     "functions), ranked by the shared functions weighted by similarity, each with the "
+     "function pairs listed (not in the seed)", SimilarPage),
     ("GET", "/predictions/{sha256_hash}/status", h.get_status, "Get Status", "Prediction",
      f"{EXTERNAL} Get prediction status of sample", StatusResponse),
     ("GET", "/predictions/{sha256_hash}/{model_name}/results", h.get_results, "Get Results",

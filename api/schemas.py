@@ -215,3 +215,54 @@ class ReferencePage(BaseModel):
     next_cursor: str | None = Field(
         default=None, description="pass as `after` for the next page; null on the last page")
     index_version: str = Field(description="the index version analyses use now")
+
+
+# --- finding samples (not in the seed) ------------------------------------------------------
+class SampleItem(BaseModel):
+    sha256: str = Field(examples=[SHA256_EXAMPLE])
+    filename: str = Field(description="the name it was first submitted under")
+    status: str | None = Field(description="the model's status word; null: no prediction")
+    verdict: str | None = Field(description="the strongest family present, or unknown; null "
+                                            "until a result is stored")
+    confidence: float | None = Field(description="the verdict's calibrated probability")
+    model: str = Field(examples=[MODEL_NAME])
+    analysis_version: str | None = Field(description="model and index version of the result")
+    submitted_at: datetime = Field(description="first submission (UTC): the list's order")
+    families: list[str] = Field(description="the families judged present, most probable first")
+
+
+class SamplePage(BaseModel):
+    items: list[SampleItem]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
+class SharedFunctionOut(BaseModel):
+    address: str = Field(description="this sample's function (as in its results' matches)")
+    name: str
+    child_sha256: str = Field(description="the binary it is in (the sample, or an archive "
+                                          "member)")
+    other_address: str
+    other_name: str
+    other_child_sha256: str
+    similarity: float
+
+
+class SimilarSampleOut(BaseModel):
+    sha256: str = Field(examples=[SHA256_EXAMPLE])
+    filename: str
+    verdict: str | None
+    score: float = Field(description="sum of the shared functions' similarities")
+    shared_count: int = Field(description="functions shared (one-to-one)")
+    shared_functions: list[SharedFunctionOut] = Field(
+        description="most similar first; at most 500 listed")
+
+
+class SimilarPage(BaseModel):
+    sha256: str = Field(examples=[SHA256_EXAMPLE])
+    model: str = Field(examples=[MODEL_NAME])
+    function: str | None = Field(description="the one function searched for, if asked")
+    functions_searched: int = Field(description="this sample's functions looked up")
+    samples_indexed: int = Field(description="analysed samples the index holds (this one "
+                                             "included)")
+    min_similarity: float
+    items: list[SimilarSampleOut]

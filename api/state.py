@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import HTTPException, Request
 from temporalio.client import Client
 
+from api.similar import SimilarIndexes
 from common.config import Settings
 from common.temporal import connect
 from festive.served import ServedCard
@@ -27,6 +28,7 @@ class ApiState:
     served: ServedCard  # the model the workers serve (api/versions.py)
     client: Client | None = None
     limiter: RateLimiter | None = None  # AE_RATE_LIMIT (api/quotas.py)
+    similar: SimilarIndexes = field(default_factory=SimilarIndexes)
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def temporal(self) -> Client:

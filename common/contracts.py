@@ -86,6 +86,9 @@ class EmbedResult:
     model_version: str
     verdict: str
     device: str
+    # blob: the sample's function vectors (festive/attribution/similar.py); "" for runs
+    # made before the similar-sample index
+    functions_sha256: str = ""
 
 
 @dataclass
@@ -107,6 +110,7 @@ class PersistRequest:
     run_id: str
     results_sha256: str
     explanation_sha256: str
+    functions_sha256: str = ""  # EmbedResult's: stored with the results ("" = none)
 
 
 @dataclass

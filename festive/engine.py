@@ -19,6 +19,7 @@ import numpy as np
 from festive.attribution.csr import dense_rows
 from festive.attribution.index import ExtraBuild, ReferenceIndex
 from festive.attribution.search import Quantised, Searcher
+from festive.attribution.similar import Function, SampleFunctions
 from festive.attribution.verdict import FamilyEvidence, ReferenceView, VerdictParams, capped, decide
 from festive.card import (
     DEFAULT_ENGINE,
@@ -115,11 +116,20 @@ class Engine:
                   references: ReferenceSet | None = None) -> dict[str, Any]:
         """prediction_results for one sample (the binaries found in it), searched against
         the shipped index plus `references` (None: the shipped index alone)."""
+        return self.attribute_with_functions(children, references)[0]
+
+    def attribute_with_functions(
+        self, children: list[dict[str, Any]], references: ReferenceSet | None = None
+    ) -> tuple[dict[str, Any], SampleFunctions]:
+        """attribute(), and the vectors of the sample's considered functions (what the
+        similar-sample index holds: festive/attribution/similar.py)."""
         with _lock:  # one sample at a time per process: the index searched may change
             self._load_references(references)
             return self._attribute(children)
 
-    def _attribute(self, children: list[dict[str, Any]]) -> dict[str, Any]:
+    def _attribute(
+        self, children: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], SampleFunctions]:
         considered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         children_out: dict[str, dict[str, str]] = {}
         total = 0
@@ -142,6 +152,7 @@ class Engine:
             vectors = self.model.embed([f for _c, f in considered])
             sims, rows = self.searcher.topk(vectors, self.params.top_k)
         else:
+            vectors = np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
             sims = np.zeros((0, self.params.top_k), np.float32)
             rows = np.zeros((0, self.params.top_k), np.int64)
         decided = [e for e in decide(sims, rows, blocks, self.view, self.params)
@@ -151,6 +162,10 @@ class Engine:
         confidence = capped(present[0].probability, self.params) if present else 0.0
         matched_queries = {m.query for e in decided for m in e.matches}
         chosen = self._chosen(decided)
+        functions = SampleFunctions.of(
+            vectors, [Function(c["sha256"], f["addr"], f.get("name") or "",
+                               len(f.get("blocks", [])))
+                      for c, f in considered], self.card["weights_sha256"])
         return {
             "model": MODEL_NAME,
             "model_version": self.version,
@@ -170,7 +185,7 @@ class Engine:
             "matches": self._matches(chosen, considered, sims, rows),
             "block_attribution": self._block_attribution(chosen, considered),
             "children": children_out,
-        }
+        }, functions
 
     def _block_attribution(self, chosen: list[Any],
                            considered: list[Any]) -> dict[str, dict[str, str]]:

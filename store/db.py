@@ -9,9 +9,10 @@ schema is Alembic's (store/migrate.py), for both.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from sqlalchemy import (
     Select,
     delete,
     event,
+    exists,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -48,10 +51,12 @@ from store import migrate
 from store.models import (
     Batch,
     BatchItem,
+    FamilyEvidence,
     Prediction,
     Reference,
     Revocation,
     Sample,
+    SampleFunctions,
     StoreInfo,
     UploadUsage,
 )
@@ -210,6 +215,7 @@ class PredictionStore:
             row.explanation_results = None
             row.predicted_at = None
             row.updated_at = now
+            await _replace_findings(session, row, None)
 
     @_retry_on_conflict
     async def set_status(
@@ -234,8 +240,10 @@ class PredictionStore:
     @_retry_on_conflict
     async def save_results(
         self, sha256: str, model: str, run_id: str, model_version: str,
-        results: dict[str, Any], explanation: str,
+        results: dict[str, Any], explanation: str, functions: StoredFunctions | None = None,
     ) -> bool:
+        """The run's results, their per-family evidence and the sample's function
+        vectors, in one transaction (older ones of this prediction are replaced)."""
         now = utcnow()
         async with self.session.begin() as session:
             row = await _row_for_run(session, sha256, model, run_id, now)
@@ -249,6 +257,7 @@ class PredictionStore:
             row.explanation_results = explanation
             row.predicted_at = now
             row.updated_at = now
+            await _replace_findings(session, row, functions)
             return True
 
     async def update_fields(self, sha256: str, model: str, **fields: Any) -> bool:
@@ -260,6 +269,8 @@ class PredictionStore:
             for name, value in fields.items():
                 setattr(row, name, value)
             row.updated_at = utcnow()
+            if "prediction_results" in fields:  # the evidence follows the results
+                await _replace_evidence(session, row)
             return True
 
     # --- revocations ------------------------------------------------------------------
@@ -286,8 +297,86 @@ class PredictionStore:
             row = await session.get(Prediction, (sha256, model))
             if row is None:
                 return False
+            await _delete_findings(session, sha256, model)
             await session.delete(row)
             return True
+
+    # --- finding samples (List Samples, Similar Samples) ------------------------------
+    async def list_samples(
+        self, model: str, f: SampleFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[Sample, Prediction | None]]:
+        """A page of samples in (first_seen, sha256) order after the cursor, each with
+        its prediction of this model (None when it has none), matching the filter."""
+        query = list_samples_query(model, f, after, limit)
+        async with self.session() as session:
+            return [(sample, prediction) for sample, prediction in await session.execute(query)]
+
+    async def families_present(self, model: str, sha256s: list[str]) -> dict[str, list[str]]:
+        """The families judged present in each of these samples' predictions of this
+        model, most probable first."""
+        if not sha256s:
+            return {}
+        query = (select(FamilyEvidence.sha256, FamilyEvidence.family)
+                 .where(FamilyEvidence.model == model)
+                 .where(FamilyEvidence.sha256.in_(sha256s))
+                 .where(FamilyEvidence.state == "present")
+                 .order_by(FamilyEvidence.sha256, FamilyEvidence.probability.desc(),
+                           FamilyEvidence.family))
+        found: dict[str, list[str]] = {}
+        async with self.session() as session:
+            for sha256, family in await session.execute(query):
+                found.setdefault(sha256, []).append(family)
+        return found
+
+    async def family_evidence(self, sha256: str, model: str) -> list[FamilyEvidence]:
+        query = (select(FamilyEvidence).where(FamilyEvidence.sha256 == sha256)
+                 .where(FamilyEvidence.model == model)
+                 .order_by(FamilyEvidence.probability.desc(), FamilyEvidence.family))
+        async with self.session() as session:
+            return list(await session.scalars(query))
+
+    async def sample_functions(self, sha256: str, model: str) -> SampleFunctions | None:
+        query = (select(SampleFunctions).where(SampleFunctions.sha256 == sha256)
+                 .where(SampleFunctions.model == model))
+        async with self.session() as session:
+            return await session.scalar(query)
+
+    async def sample_functions_after(
+        self, model: str, weights_sha256: str, after_id: int, also_ids: list[int], limit: int
+    ) -> list[tuple[int, str, bytes]]:
+        """(id, sha256, vectors) of the rows of these weights with an id above
+        `after_id` or among `also_ids`, in id order, at most `limit`."""
+        newer = SampleFunctions.id > after_id
+        if also_ids:
+            newer = newer | SampleFunctions.id.in_(also_ids)
+        query = (select(SampleFunctions.id, SampleFunctions.sha256, SampleFunctions.vectors)
+                 .where(SampleFunctions.model == model)
+                 .where(SampleFunctions.weights_sha256 == weights_sha256)
+                 .where(newer).order_by(SampleFunctions.id).limit(limit))
+        async with self.session() as session:
+            return [(i, sha, bytes(data)) for i, sha, data in await session.execute(query)]
+
+    async def sample_function_ids(self, model: str, sha256s: list[str]) -> dict[str, int]:
+        """The current row id of each of these samples' function vectors (absent: none)."""
+        if not sha256s:
+            return {}
+        query = (select(SampleFunctions.sha256, SampleFunctions.id)
+                 .where(SampleFunctions.model == model)
+                 .where(SampleFunctions.sha256.in_(sha256s)))
+        async with self.session() as session:
+            return {sha: i for sha, i in await session.execute(query)}
+
+    async def samples_with_predictions(
+        self, model: str, sha256s: list[str]
+    ) -> dict[str, tuple[Sample, Prediction | None]]:
+        if not sha256s:
+            return {}
+        query = (select(Sample, Prediction)
+                 .outerjoin(Prediction, (Prediction.sha256_hash == Sample.sha256)
+                            & (Prediction.model == model))
+                 .where(Sample.sha256.in_(sha256s)))
+        async with self.session() as session:
+            return {s.sha256: (s, p) for s, p in await session.execute(query)}
 
     # --- references users add ---------------------------------------------------------
     @_retry_on_conflict
@@ -480,6 +569,143 @@ class PredictionStore:
                  .where(BatchItem.status == FAILURE).order_by(BatchItem.sha256).limit(limit))
         async with self.session() as session:
             return list(await session.scalars(query))
+
+
+@dataclass(frozen=True)
+class StoredFunctions:
+    """A sample's function vectors as the persist stage stores them."""
+
+    vectors: bytes  # festive/attribution/similar.py's npz
+    weights_sha256: str
+    functions: int
+
+
+@dataclass(frozen=True)
+class SampleFilter:
+    """List Samples' filters (None or empty: no condition)."""
+
+    family: str | None = None
+    family_state: str = "present"
+    verdict: str | None = None
+    status: str | None = None
+    analysis_version: str | None = None
+    submitted_after: datetime | None = None  # naive UTC, inclusive
+    submitted_before: datetime | None = None  # naive UTC, exclusive
+    filename_like: str | None = None  # a LIKE pattern (escape: backslash), lower case
+
+
+def list_samples_query(
+    model: str, f: SampleFilter, after: tuple[datetime, str] | None, limit: int
+) -> Select[Any]:
+    """List Samples' query (tests EXPLAIN it): keyset paging on (first_seen, sha256)."""
+    query = (
+        select(Sample, Prediction)
+        .outerjoin(Prediction,
+                   (Prediction.sha256_hash == Sample.sha256) & (Prediction.model == model))
+        .order_by(Sample.first_seen, Sample.sha256)
+        .limit(limit)
+    )
+    if after is not None:
+        moment, sha256 = after
+        query = query.where(Sample.first_seen >= moment).where(
+            or_(Sample.first_seen > moment, Sample.sha256 > sha256))
+    return _sample_filter(query, model, f)
+
+
+def _sample_filter(query: Select[Any], model: str, f: SampleFilter) -> Select[Any]:
+    if f.family:
+        query = query.where(exists().where(
+            (FamilyEvidence.family == f.family) & (FamilyEvidence.model == model)
+            & (FamilyEvidence.state == f.family_state)
+            & (FamilyEvidence.sha256 == Sample.sha256)))
+    if f.verdict:
+        query = query.where(Prediction.verdict == f.verdict)
+    if f.status:
+        query = query.where(Prediction.status == f.status)
+    if f.analysis_version:
+        query = query.where(Prediction.model_version == f.analysis_version)
+    if f.submitted_after is not None:
+        query = query.where(Sample.first_seen >= f.submitted_after)
+    if f.submitted_before is not None:
+        query = query.where(Sample.first_seen < f.submitted_before)
+    if f.filename_like:
+        query = query.where(func.lower(Sample.filename).like(f.filename_like, escape="\\"))
+    return query
+
+
+EVIDENCE_STATES = ("present", "weak")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def evidence_of(
+    sha256: str, model: str, model_version: str | None, results: Any
+) -> tuple[list[dict[str, Any]], str | None, float | None]:
+    """What a prediction's results give the queryable columns: its family_evidence rows
+    (the "families" entries present or weak), its verdict and its confidence. Entries
+    that are not the engine's shape (an operator's edit) are left out, not guessed.
+    Migration 0005 backfills with it too."""
+    results = results if isinstance(results, dict) else {}
+    verdict = results.get("verdict")
+    verdict = verdict if isinstance(verdict, str) and 0 < len(verdict) <= 64 else None
+    confidence = _number(results.get("confidence"))
+    families = results.get("families")
+    if not isinstance(families, dict):
+        return [], verdict, confidence
+    version = str(results.get("analysis_version") or model_version or "")[:128]
+    rows = []
+    for family, entry in families.items():
+        if not isinstance(entry, dict) or not 0 < len(str(family)) <= 64:
+            continue
+        state = entry.get("status")
+        probability, score = _number(entry.get("probability")), _number(entry.get("score"))
+        matched = _number(entry.get("functions_matched"))
+        if state not in EVIDENCE_STATES or probability is None or score is None:
+            continue
+        rows.append({"sha256": sha256, "model": model, "analysis_version": version,
+                     "family": str(family), "state": state, "probability": probability,
+                     "score": score,
+                     "functions_matched": int(min(max(matched or 0, 0), 2**31 - 1))})
+    return rows, verdict, confidence
+
+
+async def _replace_evidence(session: AsyncSession, row: Prediction) -> None:
+    """The prediction's family_evidence rows, verdict and confidence, from its results."""
+    await session.execute(delete(FamilyEvidence).where(
+        (FamilyEvidence.sha256 == row.sha256_hash) & (FamilyEvidence.model == row.model)))
+    rows, row.verdict, row.confidence = evidence_of(
+        row.sha256_hash, row.model, row.model_version, row.prediction_results)
+    session.add_all(FamilyEvidence(**values) for values in rows)
+
+
+async def _delete_findings(session: AsyncSession, sha256: str, model: str) -> None:
+    await session.execute(delete(FamilyEvidence).where(
+        (FamilyEvidence.sha256 == sha256) & (FamilyEvidence.model == model)))
+    await session.execute(delete(SampleFunctions).where(
+        (SampleFunctions.sha256 == sha256) & (SampleFunctions.model == model)))
+
+
+async def _replace_findings(
+    session: AsyncSession, row: Prediction, functions: StoredFunctions | None
+) -> None:
+    """What the prediction's results say, for queries: its evidence rows, and the
+    sample's function vectors (replaced by `functions`, or removed when None)."""
+    await _delete_findings(session, row.sha256_hash, row.model)
+    rows, row.verdict, row.confidence = evidence_of(
+        row.sha256_hash, row.model, row.model_version, row.prediction_results)
+    session.add_all(FamilyEvidence(**values) for values in rows)
+    if functions is not None:
+        session.add(SampleFunctions(
+            sha256=row.sha256_hash, model=row.model,
+            analysis_version=str(row.model_version or "")[:128],
+            weights_sha256=functions.weights_sha256, functions=functions.functions,
+            vectors=functions.vectors, created_at=utcnow()))
 
 
 def _current(model_version: str) -> ColumnElement[bool]:

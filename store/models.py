@@ -6,14 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The schema number Alembic's newest migration writes into store_info (store/migrations:
 # 0001 = schema 1; 0002 = schema 2, the `references` and `revocations` tables; 0003 =
-# schema 3, `batches` and `batch_items`; 0004 = schema 4, `upload_usage`). A change to
-# these tables is a new migration that also raises this number.
-SCHEMA_VERSION = "4"
+# schema 3, `batches` and `batch_items`; 0004 = schema 4, `upload_usage`; 0005 = schema
+# 5, `family_evidence`, `sample_functions` and the predictions' `verdict` and
+# `confidence`). A change to these tables is a new migration that also raises this number.
+SCHEMA_VERSION = "5"
 
 
 class Base(DeclarativeBase):
@@ -22,6 +23,8 @@ class Base(DeclarativeBase):
 
 class Sample(Base):
     __tablename__ = "samples"
+    # List Samples pages in (first_seen, sha256) order
+    __table_args__ = (Index("ix_samples_first_seen", "first_seen", "sha256"),)
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
@@ -33,6 +36,11 @@ class Sample(Base):
 
 class Prediction(Base):
     __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_model_status", "model", "status"),
+        Index("ix_predictions_model_verdict", "model", "verdict"),
+        Index("ix_predictions_model_version", "model", "model_version"),
+    )
 
     sha256_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -42,9 +50,55 @@ class Prediction(Base):
     error_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     prediction_results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     explanation_results: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # copies of prediction_results' "verdict" and "confidence", kept with it, for queries
+    verdict: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     predicted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class FamilyEvidence(Base):
+    """One family judged present or weak in a prediction's results (prediction_results
+    "families"), written with them in the same transaction, replaced when they are, and
+    deleted with the prediction: what List Samples' family filter searches."""
+
+    __tablename__ = "family_evidence"
+    __table_args__ = (
+        Index("ix_family_evidence_family", "family", "model", "state", "sha256"),
+    )
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    analysis_version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # present | weak
+    probability: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    functions_matched: Mapped[int] = mapped_column(Integer)
+
+
+class SampleFunctions(Base):
+    """The function vectors of one analysed sample (int8 codes, a scale per row, names
+    and addresses: festive/attribution/similar.py's npz), written with its results. The
+    id only grows: an API process loads the rows newer than those it holds."""
+
+    __tablename__ = "sample_functions"
+    __table_args__ = (
+        Index("ix_sample_functions_sample", "sha256", "model", unique=True),
+        Index("ix_sample_functions_weights", "model", "weights_sha256", "id"),
+        # SQLite: ids are never reused, even the newest one's after it is deleted
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    analysis_version: Mapped[str] = mapped_column(String(128))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    functions: Mapped[int] = mapped_column(Integer)
+    vectors: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Reference(Base):

@@ -51,6 +51,12 @@ BATCH_OPERATIONS = {
     "Cancel Reanalysis": ("post", "/internal/queue/reanalysis/{batch_id}/cancel"),
 }
 
+# Not in the seed: finding samples (api/samples.py).
+SAMPLE_OPERATIONS = {
+    "List Samples": ("get", "/samples"),
+    "Similar Samples": ("get", "/samples/{sha256_hash}/similar"),
+}
+
 
 # Not in the seed: an analysis as an HTML page (api/report.py).
 REPORT_OPERATIONS = {"Get Report": ("get", "/predictions/{sha256_hash}/{model_name}/report")}
@@ -72,11 +78,14 @@ async def test_openapi_lists_every_seed_operation(api: httpx.AsyncClient) -> Non
             found[op["summary"]] = (op["tags"][0], params, path, method)
     # The seed's operations, plus batch reanalysis and references for operators.
     assert set(found) == (set(SEED_OPERATIONS) | set(BATCH_OPERATIONS)
-                          | set(REFERENCE_OPERATIONS) | set(REPORT_OPERATIONS))
+                          | set(REFERENCE_OPERATIONS) | set(REPORT_OPERATIONS)
+                          | set(SAMPLE_OPERATIONS))
     for summary, (method, path) in REPORT_OPERATIONS.items():
         assert found[summary][0] == "Prediction" and found[summary][2:] == (path, method)
         assert found[summary][1] == {"sha256_hash", "model_name", "match"}
         assert "text/html" in spec["paths"][path][method]["responses"]["200"]["content"]
+    for summary, (method, path) in SAMPLE_OPERATIONS.items():
+        assert found[summary][0] == "Sample" and found[summary][2:] == (path, method)
     for summary, (method, path) in BATCH_OPERATIONS.items():
         assert found[summary][0] == "Queue" and found[summary][2:] == (path, method)
     for summary, (method, path) in REFERENCE_OPERATIONS.items():

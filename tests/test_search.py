@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from festive.attribution.csr import Csr
-from festive.attribution.search import Quantised, Searcher
+from festive.attribution.search import Quantised, Searcher, numpy_topk
 
 
 def unit_rows(m: np.ndarray) -> np.ndarray:
@@ -114,3 +114,24 @@ def test_memory_stays_bounded_on_a_large_index() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mib = int(done.stdout.strip().splitlines()[-1])
     assert grown_mib < 300, f"search grew the process by {grown_mib} MiB"
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 64, 100_000])
+def test_numpy_topk_answers_as_the_searcher(chunk_rows: int) -> None:
+    """The API's numpy search (similar samples, no torch) gives the Searcher's answer,
+    hidden rows and padding included."""
+    rng = np.random.default_rng(11)
+    stored = Quantised.of(unit_rows(rng.standard_normal((300, 16))))
+    queries = unit_rows(stored.rows(0, 300)[rng.integers(0, 300, 40)]
+                        + 0.2 * rng.standard_normal((40, 16)))
+    hidden = rng.random(300) < 0.3
+    searcher = Searcher(stored, device="cpu", chunk_rows=chunk_rows)
+    searcher.set_hidden(hidden)
+    want_sims, want_rows = searcher.topk(queries, k=12)
+    sims, rows = numpy_topk(stored, queries, 12, hidden=hidden, chunk_rows=chunk_rows, batch=16)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+    assert not hidden[rows[rows >= 0]].any()
+    few = Quantised.of(unit_rows(rng.standard_normal((3, 16))))
+    sims, rows = numpy_topk(few, queries[:2], 5)
+    assert (rows[:, 3:] == -1).all() and np.isneginf(sims[:, 3:]).all()

@@ -175,6 +175,7 @@ class AnalyzeSample:
             PersistRequest(
                 request.sha256, request.model_name, embedded.model_version or request.model_version,
                 run_id, embedded.results_sha256, explained.explanation_sha256,
+                embedded.functions_sha256,
             ),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
         )

@@ -130,3 +130,42 @@ class Searcher:
             out_sims[qs:qe, :width] = s_np
             out_rows[qs:qe, :width] = r_np
         return out_sims, out_rows
+
+
+def numpy_topk(ref: Quantised, queries: np.ndarray, k: int, hidden: np.ndarray | None = None,
+               chunk_rows: int = 65536, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Searcher.topk's answer in numpy alone, for processes that never load torch (the
+    API's similar-sample index): the same definition, cosine = dot product of the
+    dequantised rows clamped to [-1, 1], best first, -inf/-1 pad, rows in `hidden` (bool
+    mask) never returned (rows tied exactly at the k-th place may be either of them).
+    Memory: one chunk of rows times one batch of queries at a time."""
+    queries = np.asarray(queries, dtype=np.float32)
+    total, n = len(queries), ref.shape[0]
+    k = max(1, k)
+    out_s = np.full((total, k), -np.inf, dtype=np.float32)
+    out_r = np.full((total, k), -1, dtype=np.int64)
+    step = max(1, chunk_rows)
+    for qs in range(0, total, max(1, batch)):
+        q = queries[qs:qs + max(1, batch)]
+        best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+        best_r = np.zeros((len(q), 0), dtype=np.int64)
+        for rs in range(0, n, step):
+            re_ = min(rs + step, n)
+            sims = np.clip(q @ ref.rows(rs, re_).T, -1.0, 1.0)
+            if hidden is not None:
+                sims[:, hidden[rs:re_]] = -np.inf
+            kk = min(k, re_ - rs)
+            if kk < re_ - rs:  # the kk best of the chunk, in row order
+                part = np.sort(np.argpartition(-sims, kk - 1, axis=1)[:, :kk], axis=1)
+            else:
+                part = np.broadcast_to(np.arange(re_ - rs), sims.shape)
+            best_s = np.concatenate([best_s, np.take_along_axis(sims, part, 1)], axis=1)
+            best_r = np.concatenate([best_r, part + rs], axis=1)
+            order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]  # lower row first on ties
+            best_s = np.take_along_axis(best_s, order, 1)
+            best_r = np.take_along_axis(best_r, order, 1)
+        width = best_s.shape[1]
+        out_s[qs:qs + len(q), :width] = best_s
+        out_r[qs:qs + len(q), :width] = best_r
+    out_r[~np.isfinite(out_s)] = -1
+    return out_s, out_r
