@@ -306,7 +306,7 @@ def search(session: Session, family: str | None, verdict: str | None, status_wor
         return
     click.echo(table(["sha256", "status", "verdict", "families", "submitted", "filename"],
                      [[i.get("sha256"), i.get("status"), i.get("verdict"),
-                       i.get("families_present", i.get("families")), i.get("submitted_at"),
+                       " ".join(i.get("families") or []), i.get("submitted_at"),
                        i.get("filename")] for i in items]))
     click.echo(f"{len(items)} sample(s){' (more: raise --limit)' if cursor else ''}", err=True)
 
@@ -334,8 +334,7 @@ def similar(session: Session, sha256: str, function: str | None, limit: int,
 
 
 def _shared(row: dict[str, Any]) -> Any:
-    shared = row.get("shared_functions")
-    return len(shared) if isinstance(shared, list) else shared
+    return row.get("shared_count")
 
 
 COMMANDS = [submit, status, results, revoke, report, search, similar]

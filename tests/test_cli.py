@@ -177,6 +177,37 @@ async def test_submit_a_directory_and_wait_then_read_results(
     one_line_error(revoke, "409", "not running")
 
 
+async def test_search_similar_and_report_on_analysed_samples(
+    deployment: dict[str, str], programs: Path, tmp_path: Path
+) -> None:
+    """After the directory test: both samples are stored and analysed."""
+    done = await ae_async(deployment, "submit", str(programs), "--wait", "--json")
+    assert done.returncode == Exit.OK, done.stdout + done.stderr
+    found = await ae_async(deployment, "search", "--family", "zlib", "--json")
+    assert found.returncode == Exit.OK, found.stderr
+    rows = json.loads(found.stdout)
+    assert [r["filename"] for r in rows] == ["zpack"] and rows[0]["families"][0] == "zlib"
+    zpack_sha = rows[0]["sha256"]
+    # pages of one follow the cursor: both samples, each once
+    every = json.loads((await ae_async(deployment, "search", "--limit", "0", "--json")).stdout)
+    paged = await ae_async(deployment, "search", "--limit", "2", "--json")
+    assert sorted(r["sha256"] for r in json.loads(paged.stdout)) == sorted(
+        r["sha256"] for r in every) and len(every) == 2
+    table = await ae_async(deployment, "search", "--verdict", "zlib")
+    assert table.returncode == Exit.OK and "zlib" in table.stdout and "zpack" in table.stdout
+
+    similar = await ae_async(deployment, "similar", zpack_sha, "--json")
+    assert similar.returncode == Exit.OK, similar.stderr
+    body = json.loads(similar.stdout)
+    assert body["sha256"] == zpack_sha and body["functions_searched"] > 0
+
+    out = tmp_path / "zpack.html"
+    report = await ae_async(deployment, "report", zpack_sha, "--out", str(out))
+    assert report.returncode == Exit.OK, report.stderr
+    html = out.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "zlib" in html
+
+
 async def test_an_analysis_that_fails_gives_the_failure_code(
     deployment: dict[str, str], tmp_path: Path
 ) -> None:
