@@ -20,6 +20,7 @@ from markupsafe import Markup
 # the API; tests/test_occlusion.py checks they agree).
 MATCHES_DETAILED = 10
 OCCLUDED_MAX_BLOCKS = 256
+OCCLUDED_GROUPS = 32
 BLOCKS_SHOWN = 300  # blocks of one function listed on the page
 MARKED_BLOCKS = 3  # at most this many blocks are marked as having driven the similarity
 MARK_MIN_DROP = 0.01  # ... and only when the similarity falls at least this much without it
@@ -245,5 +246,5 @@ def render_report(
         skipped=[_dict(v) | {"name": _dict(v).get("name") or k}
                  for k, v in _dict(results.get("skipped")).items()],
         explanation=explanation_html(explanation),
-        mark_min_drop=MARK_MIN_DROP, marked_blocks=MARKED_BLOCKS,
+        mark_min_drop=MARK_MIN_DROP, marked_blocks=MARKED_BLOCKS, occluded_groups=OCCLUDED_GROUPS,
     )

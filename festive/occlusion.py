@@ -8,8 +8,10 @@ similarity lost without it: `similarity - similarity_without_block`. Positive: t
 made the function look like the reference; negative: it made it look less alike.
 
 The model sees nothing else of a block, so this measures exactly what the model used,
-not a heuristic of what it might have used. Cost grows with blocks squared: functions
-over MAX_BLOCKS are not attributed (their matches carry no block attribution).
+not a heuristic of what it might have used. Cost grows with blocks times variants, so a
+function of more than GROUPS blocks is occluded GROUPS times, a run of consecutive
+blocks (by address) at a time, and each block carries its run's drop; functions over
+MAX_BLOCKS are not attributed (their matches carry no block attribution).
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-MAX_BLOCKS = 256  # largest function attributed (256 re-embeddings of 256 blocks)
+MAX_BLOCKS = 256  # largest function attributed
+GROUPS = 32  # at most this many re-embeddings per function: runs of blocks beyond it
 MATCHES = 10  # the best matches of a sample (by similarity) that are attributed
 
 
 class Embeds(Protocol):
-    def embed(self, functions: list[dict[str, Any]]) -> np.ndarray: ...
+    def embed_occluded(self, function: dict[str, Any], groups: list[list[int]]
+                       ) -> np.ndarray: ...
+
+
+def block_groups(n: int) -> list[list[int]]:
+    """Block indices occluded together: each alone up to GROUPS blocks, else GROUPS runs
+    of consecutive blocks of (nearly) equal length."""
+    if n <= GROUPS:
+        return [[i] for i in range(n)]
+    bounds = np.linspace(0, n, GROUPS + 1).round().astype(int)
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def without_block(func: dict[str, Any], index: int) -> dict[str, Any]:
@@ -34,14 +47,15 @@ def without_block(func: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def block_drops(model: Embeds, func: dict[str, Any], reference: np.ndarray) -> dict[str, float]:
-    """{block address: similarity lost without the block} for one function against one
-    reference row (a unit vector); {} for a function over MAX_BLOCKS or without blocks."""
+    """{block address: similarity lost without the block (or without its run of blocks,
+    block_groups)} for one function against one reference row (a unit vector); {} for a
+    function over MAX_BLOCKS or without blocks."""
     blocks = func.get("blocks", [])
     if not blocks or len(blocks) > MAX_BLOCKS:
         return {}
     reference = np.asarray(reference, np.float32)
-    variants = [func] + [without_block(func, i) for i in range(len(blocks))]
-    vectors = model.embed(variants)
-    sims = vectors @ reference
+    groups = block_groups(len(blocks))
+    sims = model.embed_occluded(func, groups) @ reference  # the function, then each group
     base = float(sims[0])
-    return {str(block["addr"]): base - float(sims[i + 1]) for i, block in enumerate(blocks)}
+    return {str(blocks[i]["addr"]): base - float(sims[g + 1])
+            for g, group in enumerate(groups) for i in group}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from api.report_render import MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS
+from api.report_render import MATCHES_DETAILED, OCCLUDED_GROUPS, OCCLUDED_MAX_BLOCKS
 from festive.engine import load_engine
-from festive.occlusion import MATCHES, MAX_BLOCKS, block_drops, without_block
+from festive.occlusion import GROUPS, MATCHES, MAX_BLOCKS, block_drops, block_groups, without_block
 
 
 def _function(blocks: int) -> dict:
@@ -44,6 +44,22 @@ def test_drops_are_the_similarity_lost_without_each_block() -> None:
     assert max(drops.values()) > 0.01  # the code blocks matter
 
 
+def test_a_long_function_is_occluded_in_runs_of_blocks() -> None:
+    model = load_engine().model
+    func = _function(100)
+    groups = block_groups(100)
+    assert len(groups) == GROUPS and sorted(i for g in groups for i in g) == list(range(100))
+    assert all(g == list(range(g[0], g[-1] + 1)) for g in groups)  # consecutive runs
+    reference = model.embed([func])[0]
+    drops = block_drops(model, func, reference)
+    for group in (groups[0], groups[17]):
+        hidden = {**func, "blocks": [{**b, "vex": []} if i in group else b
+                                     for i, b in enumerate(func["blocks"])]}
+        expected = 1.0 - float(model.embed([hidden])[0] @ reference)
+        for i in group:
+            assert abs(drops[func["blocks"][i]["addr"]] - expected) < 1e-5
+
+
 def test_large_functions_are_not_attributed() -> None:
     model = load_engine().model
     func = _function(MAX_BLOCKS + 1)
@@ -51,4 +67,5 @@ def test_large_functions_are_not_attributed() -> None:
 
 
 def test_the_report_says_what_the_worker_attributes() -> None:
-    assert (MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS) == (MATCHES, MAX_BLOCKS)
+    assert (MATCHES_DETAILED, OCCLUDED_MAX_BLOCKS, OCCLUDED_GROUPS) == (MATCHES, MAX_BLOCKS,
+                                                                    GROUPS)
