@@ -39,7 +39,8 @@ from festive.data.projects import EMBEDS, PROJECTS, family_of
 # Suites (upstream versions) and toolchains of the reference: samples built otherwise
 # are what it must recognise. Every project of festive.data.projects is a family.
 REFERENCE_BUILDS: dict[str, tuple[str, ...]] = {
-    "bookworm": ("gcc-x86_64-O2", "clang-x86_64-O2", "gcc-aarch64-O2"),
+    "bookworm": ("gcc-x86_64-O2", "clang-x86_64-O2", "gcc-aarch64-O2", "gcc-x86_64-O3",
+                 "gcc-i686-O2"),
     "sid": ("gcc-x86_64-O2", "clang-x86_64-O2"),
 }
 MERGE_SIMILARITY = 0.985  # one function's rows this alike across builds become one row

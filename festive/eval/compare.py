@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/festive_eval_compare")
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     weights = {args.previous_name: args.previous, args.current_name: args.current}
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         "projects": projects, "suites": list(SUITES), "seed": args.seed,
         "weights": {name: {"path": str(p), "sha256_16": _sha(p)} for name, p in weights.items()},
         "functions": len(fns), "builds": sorted({f.build for f in fns}), "tasks": {},
+        "command": "python -m festive.eval.compare " + " ".join(argv or []),
     }
     for task_set, pool in ((TASKS, same_version), (VERSION_TASKS, fns)):
         methods = _methods(pool, weights)

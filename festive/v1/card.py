@@ -49,7 +49,10 @@ def assemble() -> dict[str, Any]:
         "data_manifest": "festive/data/manifest.json",
         "data_splits": manifest.get("splits"),
     })
-    if evaluation:
+    card.pop("corpus_a_test", None)
+    # the full-matrix evaluation counts only when it measured these weights
+    if evaluation and (evaluation.get("meta") or {}).get("weights_sha256") == card[
+            "weights_sha256"]:
         card["corpus_a_test"] = {
             "report": "bench/festive_eval.md",
             "recall1_pool100": {t: {m: r["recall1"] for m, r in per.items()}
@@ -57,6 +60,19 @@ def assemble() -> dict[str, Any]:
             "search_recall1": {m: r["recall1"] for m, r in evaluation["search"].items()},
             "auc_xm": {m: r["auc"] for m, r in evaluation["auc"].items()},
             "meta": evaluation.get("meta"),
+        }
+    compare = _read(ROOT / "bench" / "festive_eval_compare.json")
+    names = list(compare.get("weights") or {})
+    card.pop("comparison", None)
+    if compare and names and any(w["sha256_16"] == card["weights_sha256"][:16]
+                                 for w in compare["weights"].values()):
+        card["comparison"] = {
+            "report": "bench/festive_eval_compare.table.md",
+            "command": compare.get("command"),
+            "weights": compare["weights"],
+            "recall1_pool100": {t: {m: r["recall1"] for m, r in per.items()}
+                                for t, per in compare["tasks"].items()},
+            "builds": compare.get("builds"),
         }
     return card
 
@@ -98,6 +114,21 @@ def markdown(card: dict[str, Any]) -> str:
                 cells.append(f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if v else "n/a")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines += ["", "Full report: `bench/festive_eval.md`.", ""]
+    comparison = card.get("comparison")
+    if comparison:
+        table = comparison["recall1_pool100"]
+        lines += ["## Against the previous model, same queries, one run "
+                  "(festive.eval.compare)", "",
+                  "Held-out test projects; XO..XM within bookworm's versions, XV/XVM across "
+                  "bookworm's and sid's. Recall@1, 1 positive + 100 negatives, 95% CI.", "",
+                  "| method | " + " | ".join(table) + " |", "|---" * (len(table) + 1) + "|"]
+        for m in next(iter(table.values())):
+            cells = []
+            for per in table.values():
+                v = per.get(m)
+                cells.append(f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if v else "n/a")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", f"Weights: `{json.dumps(comparison['weights'])}`", ""]
     calibration = card.get("calibration")
     if calibration:
         lines += ["## Verdict calibration (festive.attribution.calibrate)", "",
