@@ -1,4 +1,5 @@
-"""Unpack stage: find every executable in the sample (archives opened safely)."""
+"""Unpack stage: find every executable in the sample (archives opened safely, in a
+sandboxed child process: unpacking/contained.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
-from activities.heartbeat import in_thread_with_heartbeat
 from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
-from unpacking.extract import BadSample, UnpackLimits, unpack_sample
+from sandbox import SandboxUnavailable
+from unpacking.contained import ChildLimits, UnpackFailed, unpack_contained
+from unpacking.extract import BadSample, UnpackLimits
 
 
 class Unpack:
@@ -28,15 +30,18 @@ class Unpack:
                 f"sample {request.sha256} is not in the blob store at {blobs.location}",
                 type="MissingSample",
             )
+        settings = self.deps.settings
+        child = ChildLimits(memory_mb=settings.unpack_memory_mb,
+                            timeout_s=settings.unpack_timeout_s)
         try:
-            report = await in_thread_with_heartbeat(
-                lambda: unpack_sample(
-                    blobs, request.sha256, self.limits, name=request.filename or None
-                ),
-                detail="unpacking",
+            report = await unpack_contained(
+                blobs, request.sha256, self.limits, child, name=request.filename or None,
+                tick=lambda _line: activity.heartbeat("unpacking"),
             )
         except BadSample as exc:
             raise ApplicationError(str(exc), type=BAD_SAMPLE, non_retryable=True) from exc
+        except (UnpackFailed, SandboxUnavailable) as exc:  # the machine's fault: retried
+            raise ApplicationError(str(exc), type=type(exc).__name__) from exc
         children = [
             BinaryChild(
                 sha256=c.sha256, name=c.name or request.filename or c.sha256[:12],
