@@ -5,8 +5,9 @@ network (a new network namespace with nothing in it), no privileges (the unprivi
 user 65534 in its own user namespace, every capability dropped, no new user namespaces),
 its own PID namespace (killing it kills everything it started), and a filesystem view
 holding only the Python runtime, the virtual environment and the project's code
-read-only, its inputs read-only, and its scratch directory read-write. Its environment is
-emptied (no API keys, no database URL). In both modes it gets its limits from
+read-only, its inputs read-only, and its scratch directory read-write (also its TMPDIR
+and HOME; nothing else is writable, /tmp included). Its environment is emptied but for
+PATH (no API keys, no database URL). In both modes it gets its limits from
 `python -m sandbox.rlimits` (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, no core files, killed
 when its parent dies) before the program starts, a session and process group of its own,
 and a wall-clock limit kept by the parent, which kills the whole group on timeout,
@@ -44,7 +45,6 @@ CHILD_ENV = {
     "LC_ALL": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUNBUFFERED": "1",
-    "HOME": "/tmp",
 }
 log = logging.getLogger("sandbox")
 
@@ -97,8 +97,11 @@ def _resolve(wanted: str) -> str:
     return "off"
 
 
-def child_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", **CHILD_ENV}
+def child_env(scratch: Path) -> dict[str, str]:
+    """The environment of a child: its temporary files and home are its scratch directory
+    (there is no writable /tmp in the sandbox: a tmpfs would be memory outside its limit)."""
+    return {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+            "TMPDIR": str(scratch), "HOME": str(scratch), **CHILD_ENV}
 
 
 @functools.cache
@@ -145,17 +148,18 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
     if bwrap is None:
         raise SandboxUnavailable("bwrap is not installed")
     args = [bwrap, *_namespace_args(), "--die-with-parent", "--new-session", "--clearenv"]
-    for name, value in child_env().items():
+    for name, value in child_env(scratch).items():
         args += ["--setenv", name, value]
     for path in _system_paths():
         args += ["--ro-bind-try", path, path]
     for path in _runtime_paths():
         args += ["--ro-bind", path, path]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    args += ["--dev", "/dev", "--proc", "/proc"]
     args += ["--bind", str(scratch), str(scratch)]
     for path in inputs:
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--chdir", str(PROJECT_ROOT), "--", *inner]
+    # The rest of the view (the directories bwrap made to hold the mounts) is read-only.
+    args += ["--remount-ro", "/", "--chdir", str(PROJECT_ROOT), "--", *inner]
     return args
 
 
@@ -202,7 +206,7 @@ async def run(
     sandbox = mode()
     full = command(argv, scratch, inputs, limits, sandbox)
     proc = await asyncio.create_subprocess_exec(
-        *full, cwd=PROJECT_ROOT, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
+        *full, cwd=PROJECT_ROOT, env=child_env(scratch), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own session and process group (set in C, not Python)
     )
@@ -224,7 +228,7 @@ async def run(
                 *lines, pending = (pending + chunk).split(b"\n")
                 pending = pending[-4096:]
                 if lines and lines[-1].strip():
-                    last_line = lines[-1].decode(errors="replace").strip()[:500]
+                    last_line = lines[-1].decode(errors="replace").strip()[-4096:]
             vm, rss = _peaks(proc.pid)
             peak_vm, peak_rss = max(peak_vm, vm), max(peak_rss, rss)
             tick(last_line)
@@ -247,7 +251,7 @@ async def run(
         if code > 128 and code - 128 in signal.Signals._value2member_map_:
             code = -(code - 128)  # bwrap reports a child's death by signal as 128 + signal
     if pending.strip():
-        last_line = pending.decode(errors="replace").strip()[:500]
+        last_line = pending.decode(errors="replace").strip()[-4096:]
     return Finished(code, stderr, timed_out, last_line, peak_vm, peak_rss)
 
 
