@@ -3,13 +3,17 @@ VENV   ?= .venv
 PY312  := $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: up test lint venv test-deps apt-sources index clean-data
+.PHONY: up test lint venv test-deps runtime-deps apt-sources index clean-data
+
+# System packages the service itself needs: bubblewrap sandboxes the children that parse
+# samples (unpack, lift; see sandbox/ and the README's Sandbox section).
+RUNTIME_DEBS := bubblewrap
 
 # System packages the tests build real binaries with (native and cross compilers), the
 # browser that renders /docs offline, and the PostgreSQL server the store and pipeline
 # tests start for their PostgreSQL half (tests/postgres.py: a temporary data directory,
 # a free loopback port, run as `nobody`) (Debian names).
-TEST_DEBS := gcc clang lld zlib1g-dev chromium dpkg-dev postgresql gcc-aarch64-linux-gnu \
+TEST_DEBS := $(RUNTIME_DEBS) gcc clang lld zlib1g-dev chromium dpkg-dev postgresql gcc-aarch64-linux-gnu \
              gcc-i686-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross \
              libc6-dev-i386-cross libc6-dev-armhf-cross
 
@@ -22,8 +26,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,eval]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-up: venv
+up: venv runtime-deps
 	./temporal-dev/up.sh
+
+runtime-deps:
+	@missing=$$(for p in $(RUNTIME_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check .
