@@ -148,7 +148,8 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
     if bwrap is None:
         raise SandboxUnavailable("bwrap is not installed")
     args = [bwrap, *_namespace_args(), "--die-with-parent", "--new-session", "--clearenv"]
-    for name, value in child_env(scratch).items():
+    # user 65534 has no passwd entry in the view: getpass.getuser() (pyvex) reads these
+    for name, value in {**child_env(scratch), "USER": "nobody", "LOGNAME": "nobody"}.items():
         args += ["--setenv", name, value]
     for path in _system_paths():
         args += ["--ro-bind-try", path, path]
