@@ -82,7 +82,8 @@ class Lift:
             for line in done.stderr.strip().splitlines()[-10:]:
                 activity.logger.warning("lift child: %s", line)
         _raise_for_exit(done.code, done.stderr, name, settings.lift_memory_mb,
-                        near_memory_limit=done.peak_vm_bytes >= 0.8 * memory)
+                        near_memory_limit=done.memory_exceeded
+                        or done.peak_vm_bytes >= 0.8 * memory)
 
 
 def _raise_for_exit(

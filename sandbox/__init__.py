@@ -9,9 +9,11 @@ read-only, its inputs read-only, and its scratch directory read-write (also its 
 and HOME; nothing else is writable, /tmp included). Its environment is emptied but for
 PATH (no API keys, no database URL). In both modes it gets its limits from
 `python -m sandbox.rlimits` (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, no core files, killed
-when its parent dies) before the program starts, a session and process group of its own,
-and a wall-clock limit kept by the parent, which kills the whole group on timeout,
-cancellation or error. No `preexec_fn`: nothing runs in the forked child before exec.
+when its parent dies) before the program starts, a memory cgroup of its own where the
+machine allows one (sandbox/cgroup.py: the limit on all its processes together), a
+session and process group of its own, and a wall-clock limit kept by the parent, which
+kills the whole group on timeout, cancellation or error. No `preexec_fn`: nothing runs
+in the forked child before exec.
 
 `AE_SANDBOX`: `bwrap` (required: a start-up error when bubblewrap does not work),
 `off` (limits only; a warning), or unset/`auto` (bwrap when it works, else off with a
@@ -33,6 +35,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandbox import cgroup
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("bwrap", "off")
@@ -69,6 +73,7 @@ class Finished:
     last_line: str  # the child's last line on stdout
     peak_vm_bytes: int  # the largest address space any process of the child reached
     peak_rss_bytes: int
+    memory_exceeded: bool = False  # the kernel killed a process of it at its cgroup's limit
 
 
 # --- the mode ---------------------------------------------------------------------------
@@ -139,11 +144,13 @@ def limited(argv: Sequence[str], limits: Limits) -> list[str]:
 
 
 def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: Limits,
-            sandbox: str) -> list[str]:
-    """The full command line that runs `argv` contained."""
+            sandbox: str, cgroup_dir: Path | None = None) -> list[str]:
+    """The full command line that runs `argv` contained (in `cgroup_dir` when given)."""
     inner = limited(argv, limits)
+    join = ([sys.executable, "-m", "sandbox.rlimits", "--cgroup", str(cgroup_dir), "--"]
+            if cgroup_dir is not None else [])
     if sandbox == "off":
-        return inner
+        return [*join, *inner]
     bwrap = _bwrap()
     if bwrap is None:
         raise SandboxUnavailable("bwrap is not installed")
@@ -161,7 +168,7 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
         args += ["--ro-bind", str(path), str(path)]
     # The rest of the view (the directories bwrap made to hold the mounts) is read-only.
     args += ["--remount-ro", "/", "--chdir", str(PROJECT_ROOT), "--", *inner]
-    return args
+    return [*join, *args]  # bwrap and all below it in the cgroup
 
 
 def _namespace_args() -> list[str]:
@@ -205,7 +212,23 @@ async def run(
     asyncio.CancelledError raised here) or any error the child's whole process group is
     killed before this returns or raises; on its time limit too (timed_out=True)."""
     sandbox = mode()
-    full = command(argv, scratch, inputs, limits, sandbox)
+    memory_group = cgroup.parent()
+    group = cgroup.create(memory_group, limits.memory_bytes) if memory_group else None
+    try:
+        return await _run(command(argv, scratch, inputs, limits, sandbox, group), scratch,
+                          limits, sandbox, tick, heartbeat_s, group)
+    finally:
+        if group is not None:
+            for _ in range(50):  # the killed processes may take a moment to leave it
+                if not cgroup.processes(group):
+                    break
+                await asyncio.sleep(0.1)
+            cgroup.remove(group)
+
+
+async def _run(full: list[str], scratch: Path, limits: Limits, sandbox: str,
+               tick: Callable[[str], None], heartbeat_s: float,
+               group: Path | None) -> Finished:
     proc = await asyncio.create_subprocess_exec(
         *full, cwd=PROJECT_ROOT, env=child_env(scratch), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -253,7 +276,8 @@ async def run(
             code = -(code - 128)  # bwrap reports a child's death by signal as 128 + signal
     if pending.strip():
         last_line = pending.decode(errors="replace").strip()[-4096:]
-    return Finished(code, stderr, timed_out, last_line, peak_vm, peak_rss)
+    memory_exceeded = group is not None and cgroup.oom_killed(group)
+    return Finished(code, stderr, timed_out, last_line, peak_vm, peak_rss, memory_exceeded)
 
 
 def run_blocking(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] = (),

@@ -1,9 +1,10 @@
-"""`python -m sandbox.rlimits --as BYTES --cpu SECONDS [--fsize BYTES] -- PROGRAM ARGS...`
+"""`python -m sandbox.rlimits [--cgroup DIR] [--as BYTES --cpu SECONDS [--fsize BYTES]]
+-- PROGRAM ARGS...`
 
-Sets the limits on this process, asks the kernel to kill it when its parent dies, and
-execs PROGRAM, which keeps both. This is how a contained child gets its limits without
-`preexec_fn` (unsafe in a threaded worker): the limits are set by the child itself, in a
-fresh interpreter, before the program starts.
+Joins the cgroup DIR, sets the limits on this process, asks the kernel to kill it when
+its parent dies, and execs PROGRAM, which keeps all three. This is how a contained child
+gets its limits without `preexec_fn` (unsafe in a threaded worker): the limits are set by
+the child itself, in a fresh interpreter, before the program starts.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ PR_SET_PDEATHSIG = 1
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.rlimits")
-    parser.add_argument("--as", dest="address_space", type=int, required=True)
-    parser.add_argument("--cpu", type=int, required=True)
+    parser.add_argument("--cgroup")
+    parser.add_argument("--as", dest="address_space", type=int)
+    parser.add_argument("--cpu", type=int)
     parser.add_argument("--fsize", type=int)
     parser.add_argument("program", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -36,9 +38,14 @@ def main(argv: list[str]) -> int:
         return 126
     if os.getppid() != parent:  # the parent died before the request took effect
         return 126
+    if args.cgroup is not None:
+        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
-    resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
+    if args.address_space is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+    if args.cpu is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
     if args.fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
     executable = program[0] if "/" in program[0] else shutil.which(program[0])

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import sandbox
+import sandbox.cgroup
 from sandbox import Limits
 
 MiB = 1 << 20
@@ -212,6 +213,31 @@ def test_memory_limit(mode: str, data: Path, limit_mb: int, allocate_mb: int,
         assert done.code != 0 and "MemoryError" in done.stderr, done
 
 
+FORK_AND_ALLOCATE = """
+    import json, os, sys, time
+    pids = []
+    for _ in range(int(sys.argv[2])):
+        pid = os.fork()
+        if pid == 0:
+            block = b"x" * (int(sys.argv[1]) << 20)  # written: resident, not only reserved
+            time.sleep(3)  # all of them at once
+            os._exit(0)
+        pids.append(pid)
+    print(json.dumps({"statuses": [os.waitpid(pid, 0)[1] for pid in pids]}))
+"""
+
+
+def test_memory_limit_holds_for_all_processes_together(mode: str, data: Path) -> None:
+    """Each of 3 processes stays under the 400 MiB RLIMIT_AS; together they need 600 MiB:
+    the cgroup, where the machine gives one, stops them; RLIMIT_AS alone does not."""
+    done = probe(FORK_AND_ALLOCATE, data / "scratch" / "job", "200", "3",
+                 limits=Limits(memory_bytes=400 * MiB, time_s=120))
+    if sandbox.cgroup.parent() is not None:
+        assert done.memory_exceeded, done
+    else:
+        assert answer(done) == {"statuses": [0, 0, 0]} and not done.memory_exceeded
+
+
 def token_processes(token: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -276,6 +302,8 @@ def parent_script(tmp_path: Path) -> Iterator[Path]:
 
 async def test_child_dies_with_its_parent(mode: str, data: Path, parent_script: Path) -> None:
     token = uuid.uuid4().hex
+    memory_group = sandbox.cgroup.parent()
+    groups_before = set(memory_group.glob("ae-*")) if memory_group else set()
     parent = subprocess.Popen([sys.executable, str(parent_script),
                                str(data / "scratch" / "job")],
                               env={**os.environ, "TOKEN": token}, cwd=sandbox.PROJECT_ROOT)
@@ -288,6 +316,10 @@ async def test_child_dies_with_its_parent(mode: str, data: Path, parent_script: 
     finally:
         parent.kill()
         parent.wait()
+        if memory_group is not None:  # the killed parent could not remove its child's cgroup
+            for group in set(memory_group.glob("ae-*")) - groups_before:
+                await wait_for(lambda g=group: not sandbox.cgroup.processes(g), "cgroup empty")
+                sandbox.cgroup.remove(group)
 
 
 # --- the setting ---------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _result(work: Path, done: Finished, child: ChildLimits) -> dict[str, Any]:
     if done.timed_out:
         raise BadSample(f"unpacking took longer than {child.timeout_s} s; the sample is too "
                         "large or built to stall the unpacker")
-    near_limit = done.peak_vm_bytes >= 0.8 * child.memory_mb * MiB
+    near_limit = done.memory_exceeded or done.peak_vm_bytes >= 0.8 * child.memory_mb * MiB
     if done.code == EXIT_MEMORY or (done.code != EXIT_OK and near_limit):
         raise BadSample(f"unpacking exceeded the memory limit of {child.memory_mb} MiB")
     if done.code < 0:
