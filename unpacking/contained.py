@@ -37,6 +37,7 @@ from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport
 
 MiB = 1 << 20
 RESULT_CAP = 16 * MiB
+TICK_S = 2.0
 
 
 class UnpackFailed(Exception):
@@ -62,7 +63,8 @@ async def unpack_contained(
     blobs.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=blobs.scratch, prefix="unpack-") as tmp:
         work = Path(tmp)
-        await asyncio.to_thread(_prepare, blobs, sha256, limits, name, work)
+        await _in_thread(tick, "copying the sample", _prepare, blobs, sha256, limits, name,
+                         work)
         memory = child.memory_mb * MiB
         done = await run(
             [sys.executable, "-m", "unpacking.child", str(work)],
@@ -73,8 +75,21 @@ async def unpack_contained(
         )
         result = _result(work, done, child)
         report = _report(result)
-        await asyncio.to_thread(_import_blobs, blobs, work / STORE, report, sha256)
+        await _in_thread(tick, "storing what was unpacked", _import_blobs, blobs, work / STORE,
+                         report, sha256)
         return report
+
+
+async def _in_thread(tick: Callable[[str], None], what: str, fn: Callable[..., None],
+                     *args: Any) -> None:
+    """Blocking blob I/O (a download or upload with S3) in a thread, ticking meanwhile so
+    heartbeats go on and a cancel is seen."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=TICK_S)
+        if done:
+            return task.result()
+        tick(what)
 
 
 def unpack_contained_blocking(blobs: BlobStore, sha256: str,
