@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import cgroup
+from sandbox.rlimits import EXIT_SETUP
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("bwrap", "off")
@@ -219,6 +220,10 @@ async def run(
                           limits, sandbox, tick, heartbeat_s, group)
     finally:
         if group is not None:
+            # What escaped the process group (a new session) is still in the cgroup.
+            for pid in cgroup.processes(group).split():
+                with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             for _ in range(50):  # the killed processes may take a moment to leave it
                 if not cgroup.processes(group):
                     break
@@ -234,7 +239,8 @@ async def _run(full: list[str], scratch: Path, limits: Limits, sandbox: str,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own session and process group (set in C, not Python)
     )
-    stderr_task = asyncio.ensure_future(_read_capped(proc.stderr))  # type: ignore[arg-type]
+    stderr = bytearray()
+    stderr_task = asyncio.ensure_future(_read_capped(proc.stderr, stderr))  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.time_s
     last_line, pending = "", b""
@@ -246,8 +252,8 @@ async def _run(full: list[str], scratch: Path, limits: Limits, sandbox: str,
                 chunk = await asyncio.wait_for(proc.stdout.read(1 << 16), heartbeat_s)  # type: ignore[union-attr]
             except TimeoutError:
                 chunk = None
-            if chunk == b"":
-                break
+            if chunk == b"" or (chunk is None and proc.returncode is not None):
+                break  # done (a process it left behind may hold the pipe open: not waited for)
             if chunk:
                 *lines, pending = (pending + chunk).split(b"\n")
                 pending = pending[-4096:]
@@ -268,16 +274,21 @@ async def _run(full: list[str], scratch: Path, limits: Limits, sandbox: str,
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
     code = await proc.wait()
-    stderr = (await stderr_task).decode(errors="replace")
+    with contextlib.suppress(TimeoutError):  # what it left behind may hold stderr open
+        await asyncio.wait_for(asyncio.shield(stderr_task), 2.0)
+    stderr_task.cancel()
+    errors = stderr.decode(errors="replace")
+    if (code == 1 and errors.startswith("bwrap:")) or (
+        code == EXIT_SETUP and errors.startswith("sandbox.rlimits:")
+    ):
+        raise SandboxUnavailable(f"the sandbox could not start the child: {errors.strip()}")
     if sandbox == "bwrap":
-        if code == 1 and stderr.startswith("bwrap:"):
-            raise SandboxUnavailable(f"the sandbox could not start the child: {stderr.strip()}")
         if code > 128 and code - 128 in signal.Signals._value2member_map_:
             code = -(code - 128)  # bwrap reports a child's death by signal as 128 + signal
     if pending.strip():
         last_line = pending.decode(errors="replace").strip()[-4096:]
     memory_exceeded = group is not None and cgroup.oom_killed(group)
-    return Finished(code, stderr, timed_out, last_line, peak_vm, peak_rss, memory_exceeded)
+    return Finished(code, errors, timed_out, last_line, peak_vm, peak_rss, memory_exceeded)
 
 
 def run_blocking(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] = (),
@@ -291,12 +302,10 @@ def run_blocking(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] =
             return pool.submit(asyncio.run, coro).result()
 
 
-async def _read_capped(stream: asyncio.StreamReader) -> bytes:
-    kept = bytearray()
+async def _read_capped(stream: asyncio.StreamReader, kept: bytearray) -> None:
     while chunk := await stream.read(1 << 16):
         if len(kept) < STDERR_CAP:
             kept += chunk[: STDERR_CAP - len(kept)]
-    return bytes(kept)
 
 
 def _peaks(pid: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+EXIT_SETUP = 125  # the limits could not be set: the machine's problem, not the program's
 
 
 def main(argv: list[str]) -> int:
@@ -35,9 +36,24 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         print(f"sandbox.rlimits: prctl failed (errno {ctypes.get_errno()})", file=sys.stderr)
-        return 126
+        return EXIT_SETUP
     if os.getppid() != parent:  # the parent died before the request took effect
-        return 126
+        return EXIT_SETUP
+    try:
+        _limit(args)
+    except (OSError, ValueError) as exc:
+        print(f"sandbox.rlimits: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    executable = program[0] if "/" in program[0] else shutil.which(program[0])
+    if executable is None:
+        print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
+        return 127
+    sys.stdout.flush()
+    os.execv(executable, program)
+    return 127  # not reached: execv replaces this process or raises
+
+
+def _limit(args: argparse.Namespace) -> None:
     if args.cgroup is not None:
         with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as procs:
             procs.write(str(os.getpid()))
@@ -48,13 +64,6 @@ def main(argv: list[str]) -> int:
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
     if args.fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
-    executable = program[0] if "/" in program[0] else shutil.which(program[0])
-    if executable is None:
-        print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
-        return 127
-    sys.stdout.flush()
-    os.execv(executable, program)
-    return 127  # not reached: execv replaces this process or raises
 
 
 if __name__ == "__main__":

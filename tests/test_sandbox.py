@@ -263,6 +263,26 @@ def test_time_limit(mode: str, data: Path, sleep_s: int, limit_s: int, killed: b
     assert token_processes(token) == []
 
 
+def test_nothing_it_started_outlives_it(mode: str, data: Path) -> None:
+    """A grandchild in a session of its own escapes the process group; the PID namespace
+    (bwrap) or the cgroup (where there is one) still ends it with the child."""
+    token = uuid.uuid4().hex
+    done = probe("""
+        import json, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv[1]],
+                         start_new_session=True)
+        print(json.dumps({"started": True}))
+    """, data / "scratch" / "job", token)
+    assert answer(done) == {"started": True}
+    left = token_processes(token)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if mode == "bwrap" or sandbox.cgroup.parent() is not None:
+        assert left == []
+    else:
+        assert left != []  # the limit of `off` without a cgroup
+
+
 async def wait_for(condition, what: str, attempts: int = 600) -> None:
     for _ in range(attempts):
         if condition():
