@@ -8,7 +8,7 @@ holding only the Python runtime, the virtual environment and the project's code
 read-only, its inputs read-only, and its scratch directory read-write (also its TMPDIR
 and HOME; nothing else is writable, /tmp included). Its environment is emptied but for
 PATH (no API keys, no database URL). In both modes it gets its limits from
-`python -m sandbox.rlimits` (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, no core files, killed
+`sandbox/rlimits.py` (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, no core files, killed
 when its parent dies) before the program starts, a memory cgroup of its own where the
 machine allows one (sandbox/cgroup.py: the limit on all its processes together), a
 session and process group of its own, and a wall-clock limit kept by the parent, which
@@ -40,6 +40,9 @@ from sandbox import cgroup
 from sandbox.rlimits import EXIT_SETUP
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The exec wrapper, run as a script without site-packages: it starts in a few ms and
+# imports nothing of this package.
+RLIMITS = (sys.executable, "-S", str(Path(__file__).resolve().with_name("rlimits.py")))
 MODES = ("bwrap", "off")
 NOBODY = 65534
 HEARTBEAT_S = 2.0
@@ -137,8 +140,7 @@ def limited(argv: Sequence[str], limits: Limits) -> list[str]:
     """`argv` started through the rlimit wrapper (for a child's own children too, e.g.
     upx inside the unpack child: they inherit its sandbox and get their own limits)."""
     cpu_s = math.ceil(limits.time_s) + 5
-    wrapper = [sys.executable, "-m", "sandbox.rlimits", "--as", str(limits.memory_bytes),
-               "--cpu", str(cpu_s)]
+    wrapper = [*RLIMITS, "--as", str(limits.memory_bytes), "--cpu", str(cpu_s)]
     if limits.file_bytes is not None:
         wrapper += ["--fsize", str(limits.file_bytes)]
     return [*wrapper, "--", *argv]
@@ -148,7 +150,7 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
             sandbox: str, cgroup_dir: Path | None = None) -> list[str]:
     """The full command line that runs `argv` contained (in `cgroup_dir` when given)."""
     inner = limited(argv, limits)
-    join = ([sys.executable, "-m", "sandbox.rlimits", "--cgroup", str(cgroup_dir), "--"]
+    join = ([*RLIMITS, "--cgroup", str(cgroup_dir), "--"]
             if cgroup_dir is not None else [])
     if sandbox == "off":
         return [*join, *inner]

@@ -2,7 +2,7 @@
 
 RLIMIT_AS caps each process of a child; the cgroup caps all of them together (a child
 that starts processes of its own, angr's parallel lifting for one) and counts page
-cache. The child joins it through `python -m sandbox.rlimits --cgroup DIR` before bwrap
+cache. The child joins it through `sandbox/rlimits.py --cgroup DIR` before bwrap
 starts, so everything below inherits it. Where: `AE_SANDBOX_CGROUP` (a directory of a
 cgroup v1 memory hierarchy or of cgroup v2 with the memory controller delegated), else
 this process's own cgroup in a cgroup v1 memory hierarchy (cgroup v2 forbids processes in

@@ -1,5 +1,5 @@
-"""`python -m sandbox.rlimits [--cgroup DIR] [--as BYTES --cpu SECONDS [--fsize BYTES]]
--- PROGRAM ARGS...`
+"""`python -S sandbox/rlimits.py [--cgroup DIR] [--as BYTES --cpu SECONDS [--fsize BYTES]]
+-- PROGRAM ARGS...` (run as a script: standard library only)
 
 Joins the cgroup DIR, sets the limits on this process, asks the kernel to kill it when
 its parent dies, and execs PROGRAM, which keeps all three. This is how a contained child
@@ -22,7 +22,7 @@ EXIT_SETUP = 125  # the limits could not be set: the machine's problem, not the 
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.rlimits")
+    parser = argparse.ArgumentParser(prog="sandbox/rlimits.py")
     parser.add_argument("--cgroup")
     parser.add_argument("--as", dest="address_space", type=int)
     parser.add_argument("--cpu", type=int)
@@ -49,8 +49,11 @@ def main(argv: list[str]) -> int:
         print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
         return 127
     sys.stdout.flush()
-    os.execv(executable, program)
-    return 127  # not reached: execv replaces this process or raises
+    try:
+        os.execv(executable, program)
+    except OSError as exc:
+        print(f"sandbox.rlimits: cannot run {executable}: {exc}", file=sys.stderr)
+    return EXIT_SETUP
 
 
 def _limit(args: argparse.Namespace) -> None:

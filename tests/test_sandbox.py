@@ -61,6 +61,7 @@ def probe(code: str, scratch: Path, *args: str, limits: Limits = LIMITS,
 
 def answer(done: sandbox.Finished) -> dict:
     assert done.code == 0, done.stderr
+    assert done.stderr == ""  # the sandbox adds nothing to a child's own output
     return json.loads(done.last_line)
 
 

@@ -282,7 +282,7 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
         work.chmod(0o600)
         try:
             done = subprocess.run(
-                # Through sandbox.rlimits: file-size, memory and CPU limits (the packed
+                # Through sandbox/rlimits.py: file-size, memory and CPU limits (the packed
                 # header is hostile too). In the worker this runs inside the sandboxed
                 # unpack child, whose namespaces upx inherits.
                 limited([upx, "-d", "-q", "-q", str(work)],
