@@ -3,11 +3,12 @@ VENV   ?= .venv
 PY312  := $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: up test lint venv run-deps test-deps apt-sources index clean-data
+.PHONY: up test lint venv runtime-deps test-deps apt-sources index clean-data
 
-# System libraries the service itself loads: libarchive (RAR, CAB, ISO 9660, cpio, ar
-# through the libarchive-c package).
-RUN_DEBS := libarchive13
+# System packages the service itself needs: bubblewrap sandboxes the children that parse
+# samples (unpack, lift; see sandbox/ and the README's Sandbox section); libarchive reads
+# RAR, CAB, ISO 9660, cpio and ar (through the libarchive-c package).
+RUNTIME_DEBS := bubblewrap libarchive13
 
 # System packages the tests build real binaries with (native and cross compilers), the
 # browser that renders /docs offline, and the PostgreSQL server the store and pipeline
@@ -15,10 +16,10 @@ RUN_DEBS := libarchive13
 # a free loopback port, run as `nobody`) (Debian names).
 # The container tests build real containers with Debian's own writers: bsdtar
 # (libarchive-tools), gcab, genisoimage, xorriso (zisofs), wixl (MSI).
-TEST_DEBS := gcc clang lld zlib1g-dev chromium dpkg-dev postgresql gcc-aarch64-linux-gnu \
+TEST_DEBS := $(RUNTIME_DEBS) gcc clang lld zlib1g-dev chromium dpkg-dev postgresql gcc-aarch64-linux-gnu \
              gcc-i686-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross \
              libc6-dev-i386-cross libc6-dev-armhf-cross \
-             $(RUN_DEBS) libarchive-tools gcab genisoimage xorriso wixl
+             libarchive-tools gcab genisoimage xorriso wixl
 
 venv: $(STAMP)
 
@@ -29,11 +30,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,eval]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-up: venv run-deps
+up: venv runtime-deps
 	./temporal-dev/up.sh
 
-run-deps:
-	@missing=$$(for p in $(RUN_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+runtime-deps:
+	@missing=$$(for p in $(RUNTIME_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

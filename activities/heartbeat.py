@@ -14,8 +14,9 @@ async def in_thread_with_heartbeat[T](
 ) -> T:
     """A cancel arrives as asyncio.CancelledError at the next heartbeat tick.
 
-    The thread itself cannot be interrupted; use this only for bounded work (unpack,
-    embedding a batch). Unbounded work (angr) runs in a child process instead.
+    The thread itself cannot be interrupted; use this only for bounded work (embedding a
+    batch). Work on sample bytes (unpack, angr) runs in a sandboxed child process instead
+    (sandbox/).
     """
     task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
     while True:

@@ -1,4 +1,5 @@
-"""Lift stage: angr CFGFast on one binary, in a child process with memory and time limits.
+"""Lift stage: angr CFGFast on one binary, in a sandboxed child process (sandbox/) with
+memory and time limits.
 
 A child per binary (rather than a shared pool) means a crafted sample that crashes,
 hangs or bloats angr takes down only its own process, and a revoke can kill it at once.
@@ -7,10 +8,6 @@ hangs or bloats angr takes down only its own process, and a revoke can kill it a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import os
-import resource
 import signal
 import sys
 import tempfile
@@ -21,23 +18,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
 from common import metrics
-from common.config import PROJECT_ROOT
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from common.failures import STORAGE_FULL
 from lifting.angr_lift import LIFT_CACHE_KIND
 from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED
-
-HEARTBEAT_S = 2.0
-PR_SET_PDEATHSIG = 1
-
-
-def _limit_child(memory_bytes: int) -> None:
-    """Runs in the child before exec: own process group, memory cap, die with the parent."""
-    os.setsid()
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from sandbox import Limits, SandboxUnavailable, run
 
 
 class Lift:
@@ -74,66 +59,32 @@ class Lift:
     async def _run_child(self, sample: str, out: str, name: str) -> None:
         settings = self.deps.settings
         memory = settings.lift_memory_mb * 1024 * 1024
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lifting.child", sample, out,
-            cwd=PROJECT_ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=lambda: _limit_child(memory),
-        )
-        last_line = "starting angr"
-        peak_bytes = peak_rss = 0
-        stderr_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.lift_timeout_s
         try:
-            while True:
-                try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), HEARTBEAT_S)  # type: ignore[union-attr]
-                except TimeoutError:
-                    line = None
-                if line == b"":
-                    break
-                if line:
-                    last_line = line.decode(errors="replace").strip()
-                peak_bytes = max(peak_bytes, _vm_peak_bytes(proc.pid))
-                peak_rss = max(peak_rss, _vm_peak_bytes(proc.pid, "VmHWM:"))
-                activity.heartbeat(f"{name}: {last_line}")
-                if loop.time() > deadline:
-                    raise ApplicationError(
-                        f"lifting {name} took longer than {settings.lift_timeout_s} s; "
-                        "the binary is too large or built to stall the analysis",
-                        type=BAD_SAMPLE, non_retryable=True,
-                    )
-            code = await proc.wait()
-        finally:
-            if proc.returncode is None:  # cancelled, timed out or failed: never leave angr running
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            if peak_rss:
-                metrics.observe(activity.metric_meter(), metrics.LIFT_PEAK_RSS, float(peak_rss),
-                                "By")
-        stderr = (await stderr_task).decode(errors="replace")
-        activity.logger.info("lift child of %s exited with %s, peak RSS %d MiB", name, code,
-                             peak_rss >> 20)
-        if code != EXIT_OK:  # the child's own last words, with this activity's context
-            for line in stderr.strip().splitlines()[-10:]:
+            done = await run(
+                [sys.executable, "-m", "lifting.child", sample, out],
+                scratch=Path(out).parent, inputs=[Path(sample)],
+                limits=Limits(memory_bytes=memory, time_s=settings.lift_timeout_s),
+                tick=lambda line: activity.heartbeat(f"{name}: {line or 'starting angr'}"),
+            )
+        except SandboxUnavailable as exc:  # the machine's problem: retried, maybe elsewhere
+            raise ApplicationError(str(exc), type="SandboxUnavailable") from exc
+        if done.peak_rss_bytes:
+            metrics.observe(activity.metric_meter(), metrics.LIFT_PEAK_RSS,
+                            float(done.peak_rss_bytes), "By")
+        if done.timed_out:
+            raise ApplicationError(
+                f"lifting {name} took longer than {settings.lift_timeout_s} s; "
+                "the binary is too large or built to stall the analysis",
+                type=BAD_SAMPLE, non_retryable=True,
+            )
+        activity.logger.info("lift child of %s exited with %s, peak RSS %d MiB", name,
+                             done.code, done.peak_rss_bytes >> 20)
+        if done.code != EXIT_OK:  # the child's own last words, with this activity's context
+            for line in done.stderr.strip().splitlines()[-10:]:
                 activity.logger.warning("lift child: %s", line)
-        _raise_for_exit(code, stderr, name, settings.lift_memory_mb,
-                        near_memory_limit=peak_bytes >= 0.8 * memory)
-
-
-def _vm_peak_bytes(pid: int, field: str = "VmPeak:") -> int:
-    """Peak address space of a running child (VmHWM: its peak resident memory); 0 once it
-    is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+        _raise_for_exit(done.code, done.stderr, name, settings.lift_memory_mb,
+                        near_memory_limit=done.memory_exceeded
+                        or done.peak_vm_bytes >= 0.8 * memory)
 
 
 def _raise_for_exit(

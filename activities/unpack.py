@@ -1,16 +1,20 @@
-"""Unpack stage: find every executable in the sample (archives opened safely)."""
+"""Unpack stage: find every executable in the sample (archives opened safely, in a
+sandboxed child process: unpacking/contained.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
-from activities.heartbeat import in_thread_with_heartbeat
 from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
-from unpacking.extract import BadSample, UnpackLimits, unpack_sample
+from common.failures import STORAGE_FULL
+from sandbox import SandboxUnavailable
+from unpacking.contained import ChildLimits, UnpackFailed, UnpackNoSpace, unpack_contained
+from unpacking.extract import BadSample, UnpackLimits
 
 
 class Unpack:
@@ -21,22 +25,27 @@ class Unpack:
     @activity.defn(name="unpack_sample")
     async def unpack_sample(self, request: AnalyzeRequest) -> UnpackResult:
         blobs = self.deps.blobs
-        if not blobs.exists(request.sha256):
+        if not await asyncio.to_thread(blobs.exists, request.sha256):  # S3 blocks: a thread
             # The API stores the blob before starting the workflow; a missing blob means
             # the blob directory was wiped or is not shared with this worker.
             raise ApplicationError(
                 f"sample {request.sha256} is not in the blob store at {blobs.location}",
                 type="MissingSample",
             )
+        settings = self.deps.settings
+        child = ChildLimits(memory_mb=settings.unpack_memory_mb,
+                            timeout_s=settings.unpack_timeout_s)
         try:
-            report = await in_thread_with_heartbeat(
-                lambda: unpack_sample(
-                    blobs, request.sha256, self.limits, name=request.filename or None
-                ),
-                detail="unpacking",
+            report = await unpack_contained(
+                blobs, request.sha256, self.limits, child, name=request.filename or None,
+                tick=lambda _line: activity.heartbeat("unpacking"),
             )
         except BadSample as exc:
             raise ApplicationError(str(exc), type=BAD_SAMPLE, non_retryable=True) from exc
+        except UnpackNoSpace as exc:  # our disk: the analysis waits for space
+            raise ApplicationError(str(exc), type=STORAGE_FULL) from exc
+        except (UnpackFailed, SandboxUnavailable) as exc:  # the machine's fault: retried
+            raise ApplicationError(str(exc), type=type(exc).__name__) from exc
         children = [
             BinaryChild(
                 sha256=c.sha256, name=c.name or request.filename or c.sha256[:12],
@@ -44,7 +53,8 @@ class Unpack:
             )
             for c in report.children
         ]
-        report_sha = blobs.put_json(
+        report_sha = await asyncio.to_thread(
+            blobs.put_json,
             {
                 "children": [dataclasses.asdict(c) for c in children],
                 "skipped": report.skipped,

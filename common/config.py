@@ -146,6 +146,11 @@ class Settings:
     )
     lift_timeout_s: int = field(default_factory=lambda: _env_int("AE_LIFT_TIMEOUT_S", 1800))
     lift_memory_mb: int = field(default_factory=lambda: _env_int("AE_LIFT_MEMORY_MB", 8192))
+    # The unpack child (sandbox/): wall-clock and address-space limits.
+    unpack_timeout_s: int = field(default_factory=lambda: _env_int("AE_UNPACK_TIMEOUT_S", 300))
+    unpack_memory_mb: int = field(
+        default_factory=lambda: _env_int("AE_UNPACK_MEMORY_MB", 2048)
+    )
     cpu_slots: int = field(default_factory=lambda: _env_int("AE_CPU_SLOTS", os.cpu_count() or 1))
     graceful_shutdown_s: int = field(
         default_factory=lambda: _env_int("AE_GRACEFUL_SHUTDOWN_S", 10)

@@ -166,16 +166,28 @@ async def wait_for_final(
 
 
 def lift_children(parent_pid: int) -> list[int]:
-    """Pids of the angr child processes (lifting.child) of one process."""
-    found = []
+    """Pids of the angr child processes (lifting.child) below one process: the Python
+    process running angr first, then what holds it (bwrap, its PID namespace's init)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid and b"lifting.child" in cmdline:
-            found.append(int(entry.name))
-    return found
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def below(pid: int) -> bool:
+        for _ in range(64):
+            pid = parents.get(pid, 0)
+            if pid == parent_pid:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    found = [pid for pid, cmd in commands.items() if b"lifting.child" in cmd and below(pid)]
+    return sorted(found, key=lambda pid: commands[pid].split(b"\0")[0].endswith(b"bwrap"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sandbox
 from lifting.angr_lift import LIFT_FORMAT, is_current_lift, lift_binary
 from lifting.child import EXIT_OK, EXIT_UNSUPPORTED
 
@@ -78,17 +79,18 @@ def test_lifts_functions_with_blocks_edges_and_vex(name: str, tmp_path: Path) ->
     assert any(dst <= src for src, dst in functions["checksum"]["edges"])
 
 
-def run_child(sample: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lifting.child", str(sample), str(out)],
-                          capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parent.parent)
+def run_child(sample: Path, out: Path) -> sandbox.Finished:
+    """The lift child as the worker starts it: sandboxed, sample read-only, out in scratch."""
+    return sandbox.run_blocking([sys.executable, "-m", "lifting.child", str(sample), str(out)],
+                                scratch=out.parent, inputs=[sample],
+                                limits=sandbox.Limits(memory_bytes=8 << 30, time_s=300))
 
 
 def test_child_process_reports_unloadable_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x7fELF\x02\x01\x01" + b"\xff" * 57)
     result = run_child(junk, tmp_path / "out.json.gz")
-    assert result.returncode == EXIT_UNSUPPORTED
+    assert result.code == EXIT_UNSUPPORTED
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR ")
     assert not (tmp_path / "out.json.gz").exists()
 
@@ -96,8 +98,8 @@ def test_child_process_reports_unloadable_files(tmp_path: Path) -> None:
 def test_child_process_writes_the_lift(tmp_path: Path) -> None:
     out = tmp_path / "out.json.gz"
     result = run_child(Path("/bin/true"), out)
-    assert result.returncode == EXIT_OK, result.stderr
-    assert out.stat().st_size > 1000 and "done" in result.stdout
+    assert result.code == EXIT_OK, result.stderr
+    assert out.stat().st_size > 1000 and result.last_line.startswith("done")
 
 
 def test_referenced_strings_are_recorded(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ import pytest
 from store.blobs import BlobStore
 from store.blobs_local import LocalBlobStore
 from unpacking.archives import detect_archive
-from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport, unpack_sample
+from unpacking.contained import unpack_contained_blocking
+from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport
 from unpacking.formats import check_executable, detect_executable
 
 TRUE_ELF = Path("/bin/true").read_bytes()
@@ -45,6 +46,13 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert list(cwd.iterdir()) == [], "something was written relative to the cwd"
     assert list((root / "tmp").iterdir()) == [], "temporary files left behind"
     assert {p.name for p in root.iterdir()} <= {"tmp", "sha256"}
+
+
+def unpack_sample(blobs: BlobStore, sha256: str,
+                  limits: UnpackLimits = UnpackLimits(),  # noqa: B008 - frozen
+                  *, name: str | None = None) -> UnpackReport:
+    """The worker's path: unpacking in its sandboxed child process (unpacking/contained.py)."""
+    return unpack_contained_blocking(blobs, sha256, limits, name=name)
 
 
 def unpack(blobs: BlobStore, data: bytes, **kwargs) -> UnpackReport:

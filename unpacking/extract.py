@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from common.failures import is_storage_full
+from sandbox import Limits, limited
 from store.blobs import BlobStore, BlobTooLarge
 from unpacking.archives import (
     CHUNK,
@@ -280,7 +281,6 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
 
     Returns (unpacked, "") on success, (None, note) when the file is packed but stays as it
     is (no upx on this machine, upx refused or timed out), (None, "") when it is not packed.
-    upx runs with file-size, memory and CPU rlimits: the packed header is hostile too.
     """
     with blobs.local_copy(sha256) as path, open(path, "rb") as handle:
         if b"UPX!" not in handle.read(1 << 16):
@@ -295,7 +295,12 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
         work.chmod(0o600)
         try:
             done = subprocess.run(
-                [*_rlimits(max_bytes), upx, "-d", "-q", "-q", str(work)],
+                # Through sandbox/rlimits.py: file-size, memory and CPU limits (the packed
+                # header is hostile too). In the worker this runs inside the sandboxed
+                # unpack child, whose namespaces upx inherits.
+                limited([upx, "-d", "-q", "-q", str(work)],
+                        Limits(memory_bytes=4 << 30, time_s=UPX_TIMEOUT_S,
+                               file_bytes=max_bytes)),
                 capture_output=True,
                 timeout=UPX_TIMEOUT_S,
                 check=False,
@@ -316,14 +321,3 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
             return None, f"UPX-packed: upx -d produced an unusable file ({exc})"
         unpacked, size = blobs.put_file(work)
     return (unpacked, size, kind), ""
-
-
-def _rlimits(max_bytes: int) -> list[str]:
-    """A prlimit(1) prefix capping what a hostile packed header can make upx do.
-
-    (Not preexec_fn: unpacking runs in a worker thread, where preexec_fn is unsafe.)
-    """
-    prlimit = shutil.which("prlimit")
-    if prlimit is None:
-        return []
-    return [prlimit, f"--fsize={max_bytes}", f"--as={4 << 30}", f"--cpu={UPX_TIMEOUT_S}", "--"]

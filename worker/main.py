@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+import sandbox
 from activities.batch import BatchActivities
 from activities.catalog import Catalog
 from activities.deps import Deps
@@ -79,6 +80,9 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
             )
         )
     if "cpu" in roles:
+        # Unpack and lift children run sandboxed (sandbox/): a start-up error here when
+        # AE_SANDBOX=bwrap and bubblewrap does not work, a warning when there is none.
+        log.info("children that parse samples run with AE_SANDBOX=%s", sandbox.mode())
         unpack, lift = Unpack(deps), Lift(deps)
         workers.append(
             Worker(
@@ -173,6 +177,11 @@ def main() -> None:
                    secrets=logs.secrets_of(settings))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
     roles = list(ROLES) if args.role == "all" else [args.role]
+    if "cpu" in roles:
+        try:
+            sandbox.mode()
+        except sandbox.SandboxUnavailable as exc:
+            sys.exit(f"worker: {exc}")
     asyncio.run(run(roles))
     # Every worker has shut down. The Temporal core's native threads can still touch the
     # interpreter while it finalizes (seen here: SIGSEGV / "PyGILState_Release ...

@@ -1,0 +1,73 @@
+"""`python -S sandbox/rlimits.py [--cgroup DIR] [--as BYTES --cpu SECONDS [--fsize BYTES]]
+-- PROGRAM ARGS...` (run as a script: standard library only)
+
+Joins the cgroup DIR, sets the limits on this process, asks the kernel to kill it when
+its parent dies, and execs PROGRAM, which keeps all three. This is how a contained child
+gets its limits without `preexec_fn` (unsafe in a threaded worker): the limits are set by
+the child itself, in a fresh interpreter, before the program starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+EXIT_SETUP = 125  # the limits could not be set: the machine's problem, not the program's
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sandbox/rlimits.py")
+    parser.add_argument("--cgroup")
+    parser.add_argument("--as", dest="address_space", type=int)
+    parser.add_argument("--cpu", type=int)
+    parser.add_argument("--fsize", type=int)
+    parser.add_argument("program", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
+        parser.error("no program to run")
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        print(f"sandbox.rlimits: prctl failed (errno {ctypes.get_errno()})", file=sys.stderr)
+        return EXIT_SETUP
+    if os.getppid() != parent:  # the parent died before the request took effect
+        return EXIT_SETUP
+    try:
+        _limit(args)
+    except (OSError, ValueError) as exc:
+        print(f"sandbox.rlimits: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    executable = program[0] if "/" in program[0] else shutil.which(program[0])
+    if executable is None:
+        print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
+        return 127
+    sys.stdout.flush()
+    try:
+        os.execv(executable, program)
+    except OSError as exc:
+        print(f"sandbox.rlimits: cannot run {executable}: {exc}", file=sys.stderr)
+    return EXIT_SETUP
+
+
+def _limit(args: argparse.Namespace) -> None:
+    if args.cgroup is not None:
+        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if args.address_space is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+    if args.cpu is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
+    if args.fsize is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
