@@ -95,9 +95,13 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
         )
     if "gpu" in roles:
         # the model this worker serves, for the API and the other workers (festive/served.py)
-        record = await asyncio.to_thread(served.publish, blobs, settings.gpu_queue)
-        log.info("serving %s %s (index %s)", record.get("name"), record.get("version"),
-                 record.get("index_version"))
+        try:
+            record = await asyncio.to_thread(served.publish, blobs, settings.gpu_queue)
+            log.info("serving %s %s (index %s)", record.get("name"), record.get("version"),
+                     record.get("index_version"))
+        except Exception as exc:  # noqa: BLE001 - a full disk or an S3 outage at start:
+            # serve anyway; the API goes on with the record it has (or its own card)
+            log.warning("could not publish the served model's card: %s", exc)
         embed, embed_reference = Embed(deps), EmbedReference(deps)
         workers.append(
             Worker(
