@@ -8,6 +8,7 @@ table cells) or raw HTML to the explanation.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -25,9 +26,11 @@ class Explain:
 
     @activity.defn(name="explain_results")
     async def explain_results(self, request: ExplainRequest) -> ExplainResult:
-        results = self.deps.blobs.read_json(request.results_sha256)
+        blobs = self.deps.blobs  # S3 calls block: in a thread, off the event loop
+        results = await asyncio.to_thread(blobs.read_json, request.results_sha256)
         text = render_explanation(request.sha256, results)
-        return ExplainResult(explanation_sha256=self.deps.blobs.put_bytes(text.encode()))
+        return ExplainResult(
+            explanation_sha256=await asyncio.to_thread(blobs.put_bytes, text.encode()))
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
