@@ -29,6 +29,7 @@ from festive.card import (
 )
 from festive.features import is_considered
 from festive.user_references import ReferenceSet, ReferenceVectors, decode
+from festive.v1.packed import PackedLift, pack_lift
 
 MAX_MATCHES = 500  # evidence rows in the results
 MATCHES_PER_FAMILY = 25  # each listed family's best matches are always among them
@@ -108,36 +109,56 @@ class Engine:
             return "present"
         return "weak" if probability >= self.params.weak else "trace"
 
+    def embed_packed(self, packed: PackedLift) -> np.ndarray:
+        """Vectors of a packed lift's considered functions, in its order (one batch run
+        per lift, so a lift's vectors do not depend on the other lifts of a sample)."""
+        if not packed.graphs:
+            return np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
+        with _lock:
+            return self.model.embed_graphs(packed.graphs)
+
     def attribute(self, children: list[dict[str, Any]],
                   references: ReferenceSet | None = None) -> dict[str, Any]:
-        """prediction_results for one sample (the binaries found in it), searched against
-        the shipped index plus `references` (None: the shipped index alone)."""
+        """prediction_results for one sample (the binaries found in it, each with its
+        "lift"), searched against the shipped index plus `references` (None: the shipped
+        index alone)."""
+        prepared = []
+        for child in children:
+            packed = pack_lift(child["lift"], min_blocks=MIN_BLOCKS)
+            prepared.append((child, packed, self.embed_packed(packed)))
+        return self.attribute_packed(prepared, references)
+
+    def attribute_packed(self, children: list[tuple[dict[str, Any], PackedLift, np.ndarray]],
+                         references: ReferenceSet | None = None) -> dict[str, Any]:
+        """attribute() from lifts already featurised and embedded: (child with "sha256"
+        and "name", its PackedLift, the vectors of its considered functions)."""
         with _lock:  # one sample at a time per process: the index searched may change
             self._load_references(references)
             return self._attribute(children)
 
-    def _attribute(self, children: list[dict[str, Any]]) -> dict[str, Any]:
+    def _attribute(self, children: list[tuple[dict[str, Any], PackedLift, np.ndarray]]
+                   ) -> dict[str, Any]:
         considered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         children_out: dict[str, dict[str, str]] = {}
         total = 0
-        for child in children:
-            lift = child["lift"]
-            funcs = lift.get("functions", [])
-            mine = [f for f in funcs if is_considered(f, MIN_BLOCKS)]
-            total += len(funcs)
+        parts = []
+        for child, packed, vectors in children:
+            if len(vectors) != len(packed.addrs):
+                raise ValueError(f"{len(vectors)} vectors for {len(packed.addrs)} functions")
+            mine = packed.functions()
+            total += packed.functions_total
             considered.extend((child, f) for f in mine)
-            binary = lift.get("binary", {})
+            parts.append(vectors)
             children_out[child["sha256"]] = {
                 "name": str(child.get("name", "")),
-                "format": str(binary.get("format", "")),
-                "arch": str(binary.get("arch", "")),
-                "functions": str(len(funcs)),
+                "format": packed.binary.get("format", ""),
+                "arch": packed.binary.get("arch", ""),
+                "functions": str(packed.functions_total),
                 "functions_considered": str(len(mine)),
             }
-        blocks = np.asarray([len(f.get("blocks", [])) for _c, f in considered], np.int64)
+        blocks = np.asarray([f["n_blocks"] for _c, f in considered], np.int64)
         if considered:
-            vectors = self.model.embed([f for _c, f in considered])
-            sims, rows = self.searcher.topk(vectors, self.params.top_k)
+            sims, rows = self.searcher.topk(np.concatenate(parts), self.params.top_k)
         else:
             sims = np.zeros((0, self.params.top_k), np.float32)
             rows = np.zeros((0, self.params.top_k), np.int64)
@@ -212,7 +233,7 @@ class Engine:
                 "child_sha256": child["sha256"],
                 "address": func["addr"],
                 "name": func.get("name") or "",
-                "blocks": str(len(func.get("blocks", []))),
+                "blocks": str(func["n_blocks"]),
                 "family": idx.families[family],
                 "reference_function": idx.row_name[m.row],
                 "reference_build": idx.builds[build],
