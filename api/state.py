@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 from temporalio.client import Client
 
+from api.finished import FinishedRuns
 from common.config import Settings
 from common.temporal import connect
 from store.blobs import BlobStore
@@ -20,6 +21,7 @@ class ApiState:
     blobs: BlobStore
     store: PredictionStore
     client: Client | None = None
+    finished: FinishedRuns = field(default_factory=FinishedRuns)  # Get Status of ended runs
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def temporal(self) -> Client:
