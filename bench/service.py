@@ -1,7 +1,8 @@
 """Performance of the service (issue 14), one sub-command per question; results -> JSON.
 
     python bench/service.py parallel SAMPLE [--workers 1 2] [--chunk 64]
-        lift child (python -m lifting.child) wall time with 1 and N lift workers
+        the lift (lifting.angr_lift.lift_binary_extras with the child's featurisation)
+        with 1 and N workers: wall and CPU seconds per phase
     python bench/service.py overhead SAMPLE... [--cpu-slots 1]
         end to end through a started stack (first analysis), per stage, vs a bare angr
         script (CFGFast + VEX of every block) on the same bytes; then the reanalysis of
@@ -74,47 +75,54 @@ def write(name: str, result: dict[str, Any]) -> None:
 
 
 # --- parallel lift ------------------------------------------------------------------------
-def lift_child(sample: str, workers: int, chunk: int, out_dir: Path) -> dict[str, Any]:
-    out = out_dir / f"lift-{workers}.json.gz"
-    env = {**os.environ, "AE_LIFT_WORKERS": str(workers), "AE_LIFT_CHUNK": str(chunk)}
-    start = time.perf_counter()
-    stamps: dict[str, float] = {}
-    with subprocess.Popen([python(), "-m", "lifting.child", sample, str(out)], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            word = line.split(" ", 1)[0]
-            if word in ("loaded", "cfg:", "merged", "done"):
-                stamps[word.rstrip(":")] = round(time.perf_counter() - start, 3)
-        code = proc.wait()
-        err = proc.stderr.read() if proc.stderr else ""
-    wall = time.perf_counter() - start
-    if code != 0:
-        raise RuntimeError(f"lift child failed ({code}): {err[-2000:]}")
-    functions = json.loads(__import__("gzip").decompress(out.read_bytes()))["functions"]
-    return {"workers": workers, "chunk": chunk, "wall_s": round(wall, 3), "stamps_s": stamps,
-            "after_cfg_s": round(wall - stamps.get("merged", 0.0), 3),
-            "functions": len(functions), "lift_sha": _sha(out)}
+PHASES_SCRIPT = r"""
+import json, os, sys, time
+from festive.v1.packed import graph_if_considered
+from lifting.angr_lift import lift_binary_extras
+marks = {"start": (time.perf_counter(), os.times())}
+def say(message):
+    marks.setdefault(message.split(" ")[0].rstrip(":"), (time.perf_counter(), os.times()))
+lift, graphs = lift_binary_extras(sys.argv[1], progress=say, workers=int(sys.argv[2]),
+                                  chunk_size=int(sys.argv[3]), extra=graph_if_considered)
+marks["end"] = (time.perf_counter(), os.times())
+cpu = lambda t: t.user + t.system + t.children_user + t.children_system
+def phase(a, b):
+    return {"wall_s": round(marks[b][0] - marks[a][0], 3),
+            "cpu_s": round(cpu(marks[b][1]) - cpu(marks[a][1]), 3)}
+digest = __import__("hashlib").sha256(json.dumps(lift, sort_keys=True).encode()).hexdigest()
+print(json.dumps({"load": phase("start", "loaded"), "cfg": phase("loaded", "cfg"),
+                  "merge": phase("cfg", "merged"), "functions_phase": phase("merged", "end"),
+                  "total": phase("start", "end"), "functions": len(lift["functions"]),
+                  "graphs": sum(g is not None for g in graphs), "lift_sha256": digest}))
+"""
 
 
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def lift_phases(sample: str, workers: int, chunk: int) -> dict[str, Any]:
+    """One fresh process: load, CFG, merge, then the per-function phase (lift and
+    featurise) with `workers` forked workers; wall and CPU seconds (workers included)."""
+    done = subprocess.run([python(), "-c", PHASES_SCRIPT, sample, str(workers), str(chunk)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return {"workers": workers, "chunk": chunk, **json.loads(done.stdout.splitlines()[-1])}
 
 
 def cmd_parallel(args: argparse.Namespace) -> None:
     runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-par-") as tmp:
-        for workers in args.workers:
-            run = lift_child(args.sample, workers, args.chunk, Path(tmp))
-            print(run, flush=True)
-            runs.append(run)
-    serial = runs[0]["wall_s"]
+    for workers in args.workers:
+        runs.append(lift_phases(args.sample, workers, args.chunk))
+        print(runs[-1], flush=True)
+    first = runs[0]
     write(f"parallel_{Path(args.sample).name}", {
         "sample": args.sample, "runs": runs,
-        "ratio_to_first": [round(r["wall_s"] / serial, 3) for r in runs],
-        "same_output": len({r["lift_sha"] for r in runs}) == 1,
+        "total_ratio": [round(r["total"]["wall_s"] / first["total"]["wall_s"], 3) for r in runs],
+        "functions_phase_ratio": [round(r["functions_phase"]["wall_s"]
+                                        / first["functions_phase"]["wall_s"], 3) for r in runs],
+        "cfg_share_of_serial_cpu": round(
+            (first["load"]["cpu_s"] + first["cfg"]["cpu_s"] + first["merge"]["cpu_s"])
+            / first["total"]["cpu_s"], 3),
+        "same_output": len({r["lift_sha256"] for r in runs}) == 1,
     })
 
 

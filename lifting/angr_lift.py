@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
+import gc
 import gzip
 import logging
 import multiprocessing
@@ -207,6 +208,10 @@ def _lift_parallel(job: _LiftJob, workers: int, chunk_size: int,
               for lo in range(0, len(job.todo), chunk_size)]
     lifted: list[tuple[dict[str, Any], Any]] = []
     _JOB = job
+    # Objects made so far (angr's project and CFG) go to a generation the collector never
+    # scans: a forked worker that ran a full collection would write to every object and
+    # so copy the whole parent's memory page by page.
+    gc.freeze()
     try:
         context = multiprocessing.get_context("fork")  # workers must inherit the CFG
         with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
@@ -217,6 +222,7 @@ def _lift_parallel(job: _LiftJob, workers: int, chunk_size: int,
                     f"{workers} workers)")
     finally:
         _JOB = None
+        gc.unfreeze()
     return lifted
 
 
