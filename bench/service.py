@@ -217,11 +217,17 @@ def cmd_overhead(args: argparse.Namespace) -> None:
     import httpx
 
     rows = []
+    warmup: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-svc-") as tmp, \
             stack(Path(tmp), env={"AE_CPU_SLOTS": str(args.cpu_slots)}) as urls:
 
         async def measure() -> None:
             async with httpx.AsyncClient(base_url=urls[0], timeout=120) as http:
+                # one small analysis first: workers warm (engine loaded), as in service
+                (warm,) = small_binaries(1, Path(tmp) / "warm")
+                t0 = time.perf_counter()
+                await wait_final(http, await submit(http, warm, "warm-up"), poll_s=0.2)
+                warmup["wall_s"] = round(time.perf_counter() - t0, 3)
                 for sample in args.sample:
                     path = Path(sample)
                     bare = bare_angr(sample)
@@ -254,7 +260,7 @@ def cmd_overhead(args: argparse.Namespace) -> None:
                     })
 
         asyncio.run(measure())
-    write("overhead", {"rows": rows})
+    write("overhead", {"warm_up_analysis": warmup, "rows": rows})
 
 
 # --- status under load --------------------------------------------------------------------
