@@ -14,7 +14,7 @@
 
 Each sub-command starts what it needs on this machine (Temporal dev server, API, one
 worker per role as separate processes via deploy.launch) in a temporary directory, and
-writes bench/service_<command>.json. Run from the repository root.
+writes bench/service_<command>[_<details>].json. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -375,7 +375,8 @@ def cmd_status(args: argparse.Namespace) -> None:
                 return out
 
         result = asyncio.run(measure())
-    write("status", {"api_workers": args.api_workers, "in_flight": args.in_flight, **result})
+    write(f"status_api{args.api_workers}_rate{int(args.rate)}",
+          {"api_workers": args.api_workers, "in_flight": args.in_flight, **result})
 
 
 def cmd_throughput(args: argparse.Namespace) -> None:
