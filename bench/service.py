@@ -68,7 +68,7 @@ def python() -> str:
 def write(name: str, result: dict[str, Any]) -> None:
     out = ROOT / "bench" / f"service_{name}.json"
     result = {"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
-              "load_before": os.getloadavg(), **result}
+              "load_at_end": os.getloadavg(), **result}
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"-> {out}")
