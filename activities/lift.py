@@ -69,11 +69,10 @@ class Lift:
                 features_sha, _ = await asyncio.to_thread(blobs.put_file, features)
                 await asyncio.to_thread(blobs.set_derived, PACK_VERSION, lift_sha, features_sha)
         await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
-        lifted = await asyncio.to_thread(blobs.read_json, lift_sha)
+        arch, count = await asyncio.to_thread(_lift_summary, blobs, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
-        metrics.count(meter, metrics.FUNCTIONS_LIFTED, len(lifted["functions"]))
-        return LiftResult(child, lift_sha, lifted["binary"]["arch"], len(lifted["functions"]),
-                          cached=False)
+        metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
+        return LiftResult(child, lift_sha, arch, count, cached=False)
 
     async def _run_child(self, sample: str, out: str, name: str) -> None:
         settings = self.deps.settings
@@ -129,8 +128,8 @@ class Lift:
 
 
 def _lift_summary(blobs: BlobStore, lift_sha256: str) -> tuple[str, int]:
-    """(arch, function count) of a cached lift: from its packed graphs when there are
-    some (kilobytes), else from the gzipped JSON lift itself."""
+    """(arch, function count) of a lift: from its packed graphs when there are some (a
+    fraction of the size, no VEX text to parse), else from the gzipped JSON lift itself."""
     packed_sha = blobs.get_derived(PACK_VERSION, lift_sha256)
     if packed_sha is not None:
         try:
