@@ -236,6 +236,8 @@ def cmd_overhead(args: argparse.Namespace) -> None:
                     sha = await submit(http, path)
                     first = await wait_final(http, sha)
                     first_wall = time.perf_counter() - t0
+                    results = (await http.get(f"/predictions/{sha}/{MODEL_URL}/results")).json()
+                    lifted = results["prediction_results"]["functions_total"]
                     print("first", sample, first["stages_ms"], round(first_wall, 2), flush=True)
                     again = []
                     for _ in range(args.repeat):
@@ -250,7 +252,7 @@ def cmd_overhead(args: argparse.Namespace) -> None:
                         print("again", sample, again[-1], flush=True)
                     best = min(again, key=lambda r: r["workflow_s"])
                     rows.append({
-                        "sample": sample, "bare_angr": bare,
+                        "sample": sample, "functions_lifted": int(lifted), "bare_angr": bare,
                         "first": {"wall_s": round(first_wall, 3),
                                   "workflow_s": run_duration(first),
                                   "stages_ms": first["stages_ms"]},
