@@ -6,8 +6,10 @@ when the worker has it.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from temporalio import activity
 
 from activities.deps import Deps
@@ -19,6 +21,10 @@ from festive.attribution.similar import encode as encode_functions
 from festive.user_references import ActiveReference, ReferenceSet
 from store.blobs import BlobStore
 
+if TYPE_CHECKING:
+    from festive.engine import Engine
+    from festive.v1.packed import PackedLift
+
 
 class Embed:
     def __init__(self, deps: Deps) -> None:
@@ -28,8 +34,9 @@ class Embed:
     async def embed_compare(self, request: EmbedRequest) -> EmbedResult:
         results, functions = await in_thread_with_heartbeat(self._attribute, request,
                                                             detail="embedding")
-        results_sha = self.deps.blobs.put_json(results)
-        functions_sha = self.deps.blobs.put_bytes(encode_functions(functions))
+        blobs = self.deps.blobs  # S3 calls block: in a thread, off the event loop
+        results_sha = await asyncio.to_thread(blobs.put_json, results)
+        functions_sha = await asyncio.to_thread(blobs.put_bytes, encode_functions(functions))
         meter = activity.metric_meter()
         metrics.count(meter, metrics.FUNCTIONS_JUDGED,
                       _int(results.get("functions_considered")))
@@ -47,18 +54,58 @@ class Embed:
 
         blobs = self.deps.blobs
         engine = load_engine()
-        children = [
-            {"sha256": item.child.sha256, "name": item.child.name,
-             "lift": blobs.read_json(item.lift_sha256)}
-            for item in request.lifted
-        ]
-        results, functions = engine.attribute_with_functions(
+        children = []
+        for item in request.lifted:
+            packed_sha, packed = packed_lift(blobs, item.lift_sha256)
+            children.append(({"sha256": item.child.sha256, "name": item.child.name}, packed,
+                             lift_vectors(blobs, engine, packed_sha, packed)))
+        results, functions = engine.attribute_packed(
             children, _reference_set(blobs, request.references_sha256))
         results["device"] = engine.device
         report = blobs.read_json(request.unpack_report_sha256)
         if report.get("skipped"):
             results["skipped"] = _skipped_by_name(report["skipped"])
         return results, functions
+
+
+def packed_lift(blobs: BlobStore, lift_sha256: str) -> tuple[str, PackedLift]:
+    """The lift's considered functions as v1 graphs: from the blob store when this lift was
+    featurised before (the lift child stores them beside the lift), else featurised from
+    the JSON lift now and stored. (blob sha256, packed lift)."""
+    from festive.v1.packed import PACK_VERSION, from_bytes, pack_lift, to_bytes
+
+    found = blobs.get_derived(PACK_VERSION, lift_sha256)
+    if found is not None:
+        try:
+            return found, from_bytes(blobs.read_bytes(found))
+        except ValueError as exc:  # damaged: featurise again (and overwrite the reference)
+            activity.logger.warning("packed lift %s unreadable (%s): featurising again",
+                                    found, exc)
+    packed = pack_lift(blobs.read_json(lift_sha256))
+    packed_sha = blobs.put_bytes(to_bytes(packed))
+    blobs.set_derived(PACK_VERSION, lift_sha256, packed_sha)
+    return packed_sha, packed
+
+
+def lift_vectors(blobs: BlobStore, engine: Engine, packed_sha256: str,
+                 packed: PackedLift) -> np.ndarray:
+    """The packed lift's embeddings by the engine's weights: cached in the blob store,
+    keyed by the packed lift and the weights (new weights embed again)."""
+    from festive.v1.packed import vectors_from_bytes, vectors_to_bytes
+
+    kind = f"fvec-{engine.card['weights_sha256'][:24]}"
+    found = blobs.get_derived(kind, packed_sha256)
+    if found is not None:
+        try:
+            vectors = vectors_from_bytes(blobs.read_bytes(found))
+            if vectors.shape[0] == len(packed.addrs):
+                return vectors
+        except ValueError:
+            pass
+        activity.logger.warning("cached vectors %s do not fit: embedding again", found)
+    vectors = engine.embed_packed(packed)
+    blobs.set_derived(kind, packed_sha256, blobs.put_bytes(vectors_to_bytes(vectors)))
+    return vectors
 
 
 def _int(value: Any) -> int:

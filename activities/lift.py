@@ -20,9 +20,11 @@ from activities.deps import Deps
 from common import metrics
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from common.failures import STORAGE_FULL
+from festive.v1.packed import PACK_VERSION, from_bytes
 from lifting.angr_lift import LIFT_CACHE_KIND
-from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED
+from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED, FEATURES_SUFFIX
 from sandbox import Limits, SandboxUnavailable, run
+from store.blobs import BlobStore
 
 
 class Lift:
@@ -39,22 +41,24 @@ class Lift:
         cached = await asyncio.to_thread(blobs.get_derived, cache_kind, child.sha256)
         meter = activity.metric_meter()
         if cached is not None:
-            lifted = await asyncio.to_thread(blobs.read_json, cached)
+            arch, count = await asyncio.to_thread(_lift_summary, blobs, cached)
             metrics.count(meter, metrics.LIFTS, cached="true")
-            return LiftResult(child, cached, lifted["binary"]["arch"], len(lifted["functions"]),
-                              cached=True)
+            return LiftResult(child, cached, arch, count, cached=True)
 
         with tempfile.TemporaryDirectory(dir=blobs.scratch, prefix="lift-") as work:
             out = Path(work) / "lift.json.gz"
             async with blobs.local_copy_async(child.sha256) as sample:
                 await self._run_child(str(sample), str(out), child.name)
             lift_sha, _ = await asyncio.to_thread(blobs.put_file, out)
+            features = Path(str(out) + FEATURES_SUFFIX)
+            if features.exists():  # the graphs the embed stage reads instead of the JSON
+                features_sha, _ = await asyncio.to_thread(blobs.put_file, features)
+                await asyncio.to_thread(blobs.set_derived, PACK_VERSION, lift_sha, features_sha)
         await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
-        lifted = await asyncio.to_thread(blobs.read_json, lift_sha)
+        arch, count = await asyncio.to_thread(_lift_summary, blobs, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
-        metrics.count(meter, metrics.FUNCTIONS_LIFTED, len(lifted["functions"]))
-        return LiftResult(child, lift_sha, lifted["binary"]["arch"], len(lifted["functions"]),
-                          cached=False)
+        metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
+        return LiftResult(child, lift_sha, arch, count, cached=False)
 
     async def _run_child(self, sample: str, out: str, name: str) -> None:
         settings = self.deps.settings
@@ -85,6 +89,20 @@ class Lift:
         _raise_for_exit(done.code, done.stderr, name, settings.lift_memory_mb,
                         near_memory_limit=done.memory_exceeded
                         or done.peak_vm_bytes >= 0.8 * memory)
+
+
+def _lift_summary(blobs: BlobStore, lift_sha256: str) -> tuple[str, int]:
+    """(arch, function count) of a lift: from its packed graphs when there are some (a
+    fraction of the size, no VEX text to parse), else from the gzipped JSON lift itself."""
+    packed_sha = blobs.get_derived(PACK_VERSION, lift_sha256)
+    if packed_sha is not None:
+        try:
+            packed = from_bytes(blobs.read_bytes(packed_sha))
+            return packed.binary["arch"], packed.functions_total
+        except (ValueError, KeyError):
+            pass  # damaged or foreign: the lift itself says
+    lifted = blobs.read_json(lift_sha256)
+    return lifted["binary"]["arch"], len(lifted["functions"])
 
 
 def _raise_for_exit(

@@ -67,19 +67,28 @@ async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: s
 
 # --- Prediction -------------------------------------------------------------------------
 async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
+    """Rows from the database; Temporal's describe() for runs not known to have ended (an
+    ended run's view is kept per process: api/finished.py)."""
     sha256 = sha256_hash.lower()
-    rows = {row.model: row for row in await state.store.list_predictions(sha256)}
+    rows = {row.model: row for row in await state.store.list_prediction_states(sha256)}
     if not rows and await state.store.get_sample(sha256) is None:
         raise HTTPException(404, f"sample {sha256} has not been submitted")
-    client = await state.temporal()
     status, detailed = {}, {}
     for model in ModelName:
-        run = await pipeline.describe_run(client, model.value, sha256)
         row = rows.get(model.value)
+        known = state.finished.get(row)
+        if known is not None:
+            status[model.value], detailed[model.value] = known
+            continue
+        client = await state.temporal()
+        run = await pipeline.describe_run(client, model.value, sha256)
         if row is None and run is None:
             continue
         status[model.value] = pipeline.celery_status(row, run)
         detailed[model.value] = serialisable(await pipeline.detailed_status(row, run))
+        if run is not None:
+            state.finished.put(row, run.run_id, run.running, status[model.value],
+                               detailed[model.value])
     return {"status": status, "detailed_status": detailed}
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import HTTPException, Request
 from temporalio.client import Client
 
+from api.finished import FinishedRuns
 from api.similar import SimilarIndexes
 from common.config import Settings
 from common.temporal import connect
@@ -29,6 +30,7 @@ class ApiState:
     client: Client | None = None
     limiter: RateLimiter | None = None  # AE_RATE_LIMIT (api/quotas.py)
     similar: SimilarIndexes = field(default_factory=SimilarIndexes)
+    finished: FinishedRuns = field(default_factory=FinishedRuns)  # Get Status of ended runs
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def temporal(self) -> Client:

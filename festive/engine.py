@@ -33,6 +33,7 @@ from festive.features import is_considered
 from festive.occlusion import MATCHES as OCCLUDED_MATCHES
 from festive.occlusion import block_drops
 from festive.user_references import ReferenceSet, ReferenceVectors, decode
+from festive.v1.packed import PackedLift, pack_lift
 
 MAX_MATCHES = 500  # evidence rows in the results
 MATCHES_PER_FAMILY = 25  # each listed family's best matches are always among them
@@ -112,44 +113,60 @@ class Engine:
             return "present"
         return "weak" if probability >= self.params.weak else "trace"
 
+    def embed_packed(self, packed: PackedLift) -> np.ndarray:
+        """Vectors of a packed lift's considered functions, in its order (one batch run
+        per lift, so a lift's vectors do not depend on the other lifts of a sample)."""
+        if not packed.graphs:
+            return np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
+        with _lock:
+            return self.model.embed_graphs(packed.graphs)
+
     def attribute(self, children: list[dict[str, Any]],
                   references: ReferenceSet | None = None) -> dict[str, Any]:
-        """prediction_results for one sample (the binaries found in it), searched against
-        the shipped index plus `references` (None: the shipped index alone)."""
-        return self.attribute_with_functions(children, references)[0]
+        """prediction_results for one sample (the binaries found in it, each with its
+        "lift"), searched against the shipped index plus `references` (None: the shipped
+        index alone)."""
+        prepared = []
+        for child in children:
+            packed = pack_lift(child["lift"], min_blocks=MIN_BLOCKS)
+            prepared.append((child, packed, self.embed_packed(packed)))
+        return self.attribute_packed(prepared, references)[0]
 
-    def attribute_with_functions(
-        self, children: list[dict[str, Any]], references: ReferenceSet | None = None
-    ) -> tuple[dict[str, Any], SampleFunctions]:
-        """attribute(), and the vectors of the sample's considered functions (what the
-        similar-sample index holds: festive/attribution/similar.py)."""
+    def attribute_packed(self, children: list[tuple[dict[str, Any], PackedLift, np.ndarray]],
+                         references: ReferenceSet | None = None
+                         ) -> tuple[dict[str, Any], SampleFunctions]:
+        """attribute() from lifts already featurised and embedded: (child with "sha256"
+        and "name", its PackedLift, the vectors of its considered functions); and those
+        vectors as the similar-sample index holds them (festive/attribution/similar.py)."""
         with _lock:  # one sample at a time per process: the index searched may change
             self._load_references(references)
             return self._attribute(children)
 
-    def _attribute(
-        self, children: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], SampleFunctions]:
+    def _attribute(self, children: list[tuple[dict[str, Any], PackedLift, np.ndarray]]
+                   ) -> tuple[dict[str, Any], SampleFunctions]:
         considered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         children_out: dict[str, dict[str, str]] = {}
         total = 0
-        for child in children:
-            lift = child["lift"]
-            funcs = lift.get("functions", [])
-            mine = [f for f in funcs if is_considered(f, MIN_BLOCKS)]
-            total += len(funcs)
+        parts = []
+        for child, packed, vectors in children:
+            if len(vectors) != len(packed.addrs):
+                raise ValueError(f"{len(vectors)} vectors for {len(packed.addrs)} functions")
+            mine = packed.functions()
+            for func, graph, addrs in zip(mine, packed.graphs, packed.block_addrs, strict=True):
+                func["graph"], func["block_addrs"] = graph, addrs  # for occlusion
+            total += packed.functions_total
             considered.extend((child, f) for f in mine)
-            binary = lift.get("binary", {})
+            parts.append(vectors)
             children_out[child["sha256"]] = {
                 "name": str(child.get("name", "")),
-                "format": str(binary.get("format", "")),
-                "arch": str(binary.get("arch", "")),
-                "functions": str(len(funcs)),
+                "format": packed.binary.get("format", ""),
+                "arch": packed.binary.get("arch", ""),
+                "functions": str(packed.functions_total),
                 "functions_considered": str(len(mine)),
             }
-        blocks = np.asarray([len(f.get("blocks", [])) for _c, f in considered], np.int64)
+        blocks = np.asarray([f["n_blocks"] for _c, f in considered], np.int64)
         if considered:
-            vectors = self.model.embed([f for _c, f in considered])
+            vectors = np.concatenate(parts)
             sims, rows = self.searcher.topk(vectors, self.params.top_k)
         else:
             vectors = np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
@@ -163,8 +180,7 @@ class Engine:
         matched_queries = {m.query for e in decided for m in e.matches}
         chosen = self._chosen(decided)
         functions = SampleFunctions.of(
-            vectors, [Function(c["sha256"], f["addr"], f.get("name") or "",
-                               len(f.get("blocks", [])))
+            vectors, [Function(c["sha256"], f["addr"], f.get("name") or "", f["n_blocks"])
                       for c, f in considered], self.card["weights_sha256"])
         return {
             "model": MODEL_NAME,
@@ -194,7 +210,8 @@ class Engine:
         out: dict[str, dict[str, str]] = {}
         for m in chosen[:OCCLUDED_MATCHES]:
             child, func = considered[m.query]
-            drops = block_drops(self.model, func, self._row_vector(m.row))
+            drops = block_drops(self.model, func["graph"], func["block_addrs"],
+                                self._row_vector(m.row))
             if drops:
                 out[self._key(child, func)] = {addr: _fmt(d) for addr, d in drops.items()}
         return out
@@ -254,7 +271,7 @@ class Engine:
                 "child_sha256": child["sha256"],
                 "address": func["addr"],
                 "name": func.get("name") or "",
-                "blocks": str(len(func.get("blocks", []))),
+                "blocks": str(func["n_blocks"]),
                 "family": idx.families[family],
                 "reference_function": idx.row_name[m.row],
                 "reference_build": idx.builds[build],

@@ -8,10 +8,16 @@ blob store and be read without angr.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import ctypes
+import gc
 import gzip
 import logging
+import multiprocessing
 import re
+import signal
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ from typing import Any
 LIFT_FORMAT = "ae-lift/3"
 # The blob store's derived-blob kind under which a binary's lift is cached (by its sha256).
 LIFT_CACHE_KIND = f"lift-{LIFT_FORMAT.replace('/', '-')}"
+DEFAULT_CHUNK = 64  # functions per parallel work item (progress and balance vs overhead)
+_PR_SET_PDEATHSIG = 1
 
 # Function names of compiler/runtime scaffolding: never worth attributing.
 RUNTIME_FUNCTIONS = frozenset(
@@ -65,10 +73,36 @@ def lift_binary(
     progress: Callable[[str], None] | None = None,
     max_functions: int | None = None,
     merge_fragments: bool = True,
+    workers: int = 1,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> dict[str, Any]:
     """Recover functions with CFGFast and return their blocks, edges and VEX statements.
 
     merge_fragments=False keeps angr's own function split (for measuring the merge).
+    workers > 1 lifts the functions in forked processes after one CFG recovery (see
+    lift_binary_extras); the result is the same as with one.
+    """
+    lifted, _extras = lift_binary_extras(path, progress, max_functions, merge_fragments,
+                                         workers, chunk_size)
+    return lifted
+
+
+def lift_binary_extras(
+    path: str,
+    progress: Callable[[str], None] | None = None,
+    max_functions: int | None = None,
+    merge_fragments: bool = True,
+    workers: int = 1,
+    chunk_size: int = DEFAULT_CHUNK,
+    extra: Callable[[dict[str, Any]], Any] | None = None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """lift_binary, plus extra(record) of every lifted function (None without `extra`),
+    computed where the function was lifted (the caller's features, in parallel too).
+
+    Parallel split: CFGFast runs once, here; then the functions to lift are cut into
+    chunks of chunk_size and `workers` forked processes (copy-on-write views of the
+    project and CFG) lift one chunk at a time; records come back in address order, so
+    the output does not depend on workers or chunk_size. Progress is reported per chunk.
     """
     _quiet_angr()
     import angr  # heavy: imported only where lifting actually happens
@@ -99,18 +133,13 @@ def lift_binary(
     absorbed = {frag.addr for frags in parts.values() for frag in frags}
     say(f"merged {len(absorbed)} jump-table fragments into {len(parts)} functions")
 
-    functions: list[dict[str, Any]] = []
-    for func in candidates:
-        if func.addr in absorbed:
-            continue
-        record = _lift_function(project, cfg, func, parts.get(func.addr, []), to_file,
-                                starts.get(func.addr))
-        if record is not None:
-            functions.append(record)
-        if len(functions) % 200 == 0:
-            say(f"lifted {len(functions)} functions")
-        if max_functions is not None and len(functions) >= max_functions:
-            break
+    todo = [func for func in candidates if func.addr not in absorbed]
+    job = _LiftJob(project, cfg, todo, parts, to_file, starts, extra)
+    if workers > 1 and max_functions is None and len(todo) > chunk_size:
+        lifted = _lift_parallel(job, workers, chunk_size, say)
+    else:
+        lifted = _lift_serial(job, max_functions, say)
+    functions = [record for record, _extra in lifted]
 
     return {
         "format": LIFT_FORMAT,
@@ -124,7 +153,79 @@ def lift_binary(
             "fragments_merged": len(absorbed),
         },
         "functions": functions,
-    }
+    }, [e for _record, e in lifted]
+
+
+class _LiftJob:
+    """What lifting one function needs, shared with forked workers by inheritance."""
+
+    def __init__(self, project: Any, cfg: Any, todo: list[Any], parts: dict[int, list[Any]],
+                 to_file: Callable[[int], int], starts: dict[int, int],
+                 extra: Callable[[dict[str, Any]], Any] | None) -> None:
+        self.project, self.cfg, self.todo, self.parts = project, cfg, todo, parts
+        self.to_file, self.starts, self.extra = to_file, starts, extra
+
+    def lift(self, lo: int, hi: int) -> list[tuple[dict[str, Any], Any]]:
+        out = []
+        for func in self.todo[lo:hi]:
+            record = _lift_function(self.project, self.cfg, func, self.parts.get(func.addr, []),
+                                    self.to_file, self.starts.get(func.addr))
+            if record is not None:
+                out.append((record, self.extra(record) if self.extra else None))
+        return out
+
+
+def _lift_serial(job: _LiftJob, max_functions: int | None,
+                 say: Callable[[str], None]) -> list[tuple[dict[str, Any], Any]]:
+    lifted: list[tuple[dict[str, Any], Any]] = []
+    for i in range(len(job.todo)):
+        lifted += job.lift(i, i + 1)
+        if len(lifted) % 200 == 0:
+            say(f"lifted {len(lifted)} functions")
+        if max_functions is not None and len(lifted) >= max_functions:
+            break
+    return lifted
+
+
+_JOB: _LiftJob | None = None  # the job a forked worker inherited
+
+
+def _lift_chunk(bounds: tuple[int, int]) -> list[tuple[dict[str, Any], Any]]:
+    if _JOB is None:
+        raise RuntimeError("lift worker started without a job (not forked from the lifter)")
+    return _JOB.lift(*bounds)
+
+
+def _die_with_parent() -> None:
+    """Forked lift workers die with the process that forked them (which is killed as a
+    whole process group on revoke, timeout or a dead activity worker)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _lift_parallel(job: _LiftJob, workers: int, chunk_size: int,
+                   say: Callable[[str], None]) -> list[tuple[dict[str, Any], Any]]:
+    global _JOB
+    chunks = [(lo, min(lo + chunk_size, len(job.todo)))
+              for lo in range(0, len(job.todo), chunk_size)]
+    lifted: list[tuple[dict[str, Any], Any]] = []
+    _JOB = job
+    # Objects made so far (angr's project and CFG) go to a generation the collector never
+    # scans: a forked worker that ran a full collection would write to every object and
+    # so copy the whole parent's memory page by page.
+    gc.freeze()
+    try:
+        context = multiprocessing.get_context("fork")  # workers must inherit the CFG
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
+                                 initializer=_die_with_parent) as pool:
+            for done, part in enumerate(pool.map(_lift_chunk, chunks), 1):
+                lifted += part
+                say(f"lifted {len(lifted)} functions ({done}/{len(chunks)} chunks, "
+                    f"{workers} workers)")
+    finally:
+        _JOB = None
+        gc.unfreeze()
+    return lifted
 
 
 def _is_arm(arch: Any) -> bool:
@@ -304,6 +405,8 @@ def _lift_function(project: Any, cfg: Any, func: Any, fragments: list[Any],
                 edges.append([index[src.addr], index[dst.addr]])
     if fragments:
         edges = _fragment_edges(cfg, func, fragments, index, edges)
+    else:  # angr's graph yields edges in an order that differs between runs: fix it
+        edges = sorted({(s, d): [s, d] for s, d in edges}.values())
 
     calls: list[str] = []
     for piece in pieces:

@@ -1,8 +1,12 @@
 """Entry point of the resource-limited child process that runs angr on one binary.
 
-`python -m lifting.child SAMPLE OUT`: writes the lift as gzipped JSON to OUT, prints
-progress lines on stdout and, on failure, one line `ERROR <message>` on stderr.
+`python -m lifting.child SAMPLE OUT`: writes the lift as gzipped JSON to OUT and the
+v1 graphs of its functions (festive.v1.packed) to OUT + FEATURES_SUFFIX, prints progress
+lines on stdout and, on failure, one line `ERROR <message>` on stderr.
 Exit codes tell the parent what happened (see EXIT_*).
+
+After one CFG recovery, functions are lifted and featurised by AE_LIFT_WORKERS forked
+processes (default: the CPUs this process may run on) in chunks of AE_LIFT_CHUNK.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -21,6 +26,7 @@ EXIT_UNSUPPORTED = 3
 EXIT_MEMORY = 4
 EXIT_CRASH = 5
 EXIT_NO_SPACE = 6  # the disk is full: the machine's condition, retried by the parent
+FEATURES_SUFFIX = ".fgraph.npz"
 
 
 def main(argv: list[str]) -> int:
@@ -47,16 +53,32 @@ def main(argv: list[str]) -> int:
 
 
 def _lift(sample: str, out: str) -> int:
-    from lifting.angr_lift import lift_binary
+    from festive.v1.packed import graph_if_considered, pack_with_graphs, to_bytes
+    from lifting.angr_lift import DEFAULT_CHUNK, lift_binary_extras
 
-    result = lift_binary(sample, progress=lambda msg: print(msg, flush=True))
+    result, graphs = lift_binary_extras(
+        sample, progress=lambda msg: print(msg, flush=True),
+        workers=_env_int("AE_LIFT_WORKERS", len(os.sched_getaffinity(0))),
+        chunk_size=_env_int("AE_LIFT_CHUNK", DEFAULT_CHUNK), extra=graph_if_considered,
+    )
     if not result["functions"]:
         return _fail("no functions were recovered from the binary", EXIT_UNSUPPORTED)
     raw = json.dumps(result, sort_keys=True, separators=(",", ":")).encode()
     with open(out, "wb") as handle:
         handle.write(gzip.compress(raw, compresslevel=6, mtime=0))
+    with open(out + FEATURES_SUFFIX, "wb") as handle:
+        handle.write(to_bytes(pack_with_graphs(result, graphs)))
     print(f"done {len(result['functions'])} functions", flush=True)
     return EXIT_OK
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def _fail(message: str, code: int) -> int:

@@ -106,11 +106,17 @@ def _resolve(wanted: str) -> str:
     return "off"
 
 
+# Settings a child reads itself, passed through when set (none is a secret): the lift's
+# worker processes and chunk size, and where libarchive-c finds the library.
+PASSED_ENV = ("AE_LIFT_WORKERS", "AE_LIFT_CHUNK", "LIBARCHIVE")
+
+
 def child_env(scratch: Path) -> dict[str, str]:
     """The environment of a child: its temporary files and home are its scratch directory
     (there is no writable /tmp in the sandbox: a tmpfs would be memory outside its limit)."""
+    passed = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}
     return {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
-            "TMPDIR": str(scratch), "HOME": str(scratch), **CHILD_ENV}
+            "TMPDIR": str(scratch), "HOME": str(scratch), **passed, **CHILD_ENV}
 
 
 @functools.cache

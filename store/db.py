@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import defer
 
 from common.contracts import (
     FAILURE,
@@ -180,6 +181,16 @@ class PredictionStore:
     async def list_predictions(self, sha256: str) -> list[Prediction]:
         async with self.session() as session:
             query = select(Prediction).where(Prediction.sha256_hash == sha256)
+            rows = await session.scalars(query.order_by(Prediction.model))
+            return list(rows)
+
+    async def list_prediction_states(self, sha256: str) -> list[Prediction]:
+        """list_predictions without the results and explanation (large JSON and text that
+        Get Status never reads: those attributes are not loaded)."""
+        async with self.session() as session:
+            query = (select(Prediction).where(Prediction.sha256_hash == sha256)
+                     .options(defer(Prediction.prediction_results, raiseload=True),
+                              defer(Prediction.explanation_results, raiseload=True)))
             rows = await session.scalars(query.order_by(Prediction.model))
             return list(rows)
 

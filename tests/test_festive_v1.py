@@ -187,3 +187,45 @@ def test_bootstrap_ci_hand_made() -> None:
     assert mean == 0.5 and lo < 0.5 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # normal approximation
     assert bootstrap_ci(values, reps=500, seed=3) == bootstrap_ci(values, reps=500, seed=3)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="v1 weights not trained yet")
+def test_cached_features_and_vectors_equal_the_fresh_ones(
+        lifted: dict[str, dict[str, dict]], tmp_path: Path) -> None:
+    """Reanalysis reads packed graphs and cached vectors from the blob store: they must be
+    what featurising and embedding the JSON lift gives, bit for bit."""
+    import gzip
+    import json
+
+    from activities.embed import lift_vectors, packed_lift
+    from festive.engine import load_engine
+    from festive.v1.graph import to_graph
+    from festive.v1.packed import PACK_VERSION, considered_functions
+    from store.blobs import open_blobs
+
+    lift = lifted["O2"]["__lift__"]
+    blobs = open_blobs(str(tmp_path / "blobs"), tmp_path / "scratch")
+    lift_sha = blobs.put_bytes(gzip.compress(json.dumps(lift).encode()))
+    assert blobs.get_derived(PACK_VERSION, lift_sha) is None
+
+    fresh_sha, fresh = packed_lift(blobs, lift_sha)  # featurised from the JSON now
+    cached_sha, cached = packed_lift(blobs, lift_sha)  # read back from the store
+    assert cached_sha == fresh_sha == blobs.get_derived(PACK_VERSION, lift_sha)
+    direct = [to_graph(f) for f in considered_functions(lift)]
+    assert len(cached.graphs) == len(direct) >= 4
+    assert cached.addrs == [f["addr"] for f in considered_functions(lift)]
+    for a, b in zip(cached.graphs, direct, strict=True):
+        assert a.n_blocks == b.n_blocks
+        for key in ("tok", "tok_w", "tok_block", "edges", "ftok", "ftok_w"):
+            assert getattr(a, key).dtype == getattr(b, key).dtype
+            assert np.array_equal(getattr(a, key), getattr(b, key)), key
+
+    engine = load_engine()
+    first = lift_vectors(blobs, engine, fresh_sha, fresh)  # embedded, then stored
+    again = lift_vectors(blobs, engine, cached_sha, cached)  # from the store
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, engine.embed_packed(cached))  # cached graphs embed the same
+    assert np.array_equal(first, engine.model.embed(considered_functions(lift)))
+
+    child = {"sha256": lift_sha, "name": "sample-O2.so", "lift": lift}
+    assert engine.attribute([child]) == engine.attribute_packed([(child, cached, again)])[0]

@@ -3,11 +3,14 @@ similarity lost when the model sees the function without that block's statements
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from api.report_render import MATCHES_DETAILED, OCCLUDED_GROUPS, OCCLUDED_MAX_BLOCKS
 from festive.engine import load_engine
-from festive.occlusion import GROUPS, MATCHES, MAX_BLOCKS, block_drops, block_groups, without_block
+from festive.occlusion import GROUPS, MATCHES, MAX_BLOCKS, block_drops, block_groups
+from festive.v1.graph import to_graph
 
 
 def _function(blocks: int) -> dict:
@@ -29,15 +32,29 @@ def _function(blocks: int) -> dict:
     }
 
 
+def _addrs(func: dict) -> np.ndarray:
+    return np.asarray([int(b["addr"], 16) for b in func["blocks"]], dtype=np.int64)
+
+
+def _hidden(func: dict, group: list[int]):  # noqa: ANN202 - a FunctionGraph
+    """What the model should see without the group's blocks, built independently: the
+    blocks' statements emptied (to_graph), the function-level tokens of the whole."""
+    hidden = to_graph({**func, "blocks": [{**b, "vex": []} if i in group else b
+                                          for i, b in enumerate(func["blocks"])]})
+    whole = to_graph(func)
+    return replace(hidden, ftok=whole.ftok, ftok_w=whole.ftok_w)
+
+
 def test_drops_are_the_similarity_lost_without_each_block() -> None:
     model = load_engine().model
     func = _function(5)
-    reference = model.embed([func])[0]  # the function's own vector: similarity 1
-    drops = block_drops(model, func, reference)
+    graph = to_graph(func)
+    reference = model.embed_graphs([graph])[0]  # the function's own vector: similarity 1
+    drops = block_drops(model, graph, _addrs(func), reference)
     assert list(drops) == [b["addr"] for b in func["blocks"]]
-    variants = model.embed([without_block(func, i) for i in range(5)])
+    variants = model.embed_graphs([_hidden(func, [i]) for i in range(5)])
     assert np.allclose([drops[b["addr"]] for b in func["blocks"]],
-                       float(model.embed([func])[0] @ reference) - variants @ reference,
+                       float(model.embed_graphs([graph])[0] @ reference) - variants @ reference,
                        atol=1e-5)
     assert all(d >= -1e-5 for d in drops.values())  # nothing is closer to itself than itself
     assert abs(drops["0x401030"]) < 1e-6  # the empty block
@@ -50,12 +67,11 @@ def test_a_long_function_is_occluded_in_runs_of_blocks() -> None:
     groups = block_groups(100)
     assert len(groups) == GROUPS and sorted(i for g in groups for i in g) == list(range(100))
     assert all(g == list(range(g[0], g[-1] + 1)) for g in groups)  # consecutive runs
-    reference = model.embed([func])[0]
-    drops = block_drops(model, func, reference)
+    graph = to_graph(func)
+    reference = model.embed_graphs([graph])[0]
+    drops = block_drops(model, graph, _addrs(func), reference)
     for group in (groups[0], groups[17]):
-        hidden = {**func, "blocks": [{**b, "vex": []} if i in group else b
-                                     for i, b in enumerate(func["blocks"])]}
-        expected = 1.0 - float(model.embed([hidden])[0] @ reference)
+        expected = 1.0 - float(model.embed_graphs([_hidden(func, group)])[0] @ reference)
         for i in group:
             assert abs(drops[func["blocks"][i]["addr"]] - expected) < 1e-5
 
@@ -63,7 +79,8 @@ def test_a_long_function_is_occluded_in_runs_of_blocks() -> None:
 def test_large_functions_are_not_attributed() -> None:
     model = load_engine().model
     func = _function(MAX_BLOCKS + 1)
-    assert block_drops(model, func, model.embed([func])[0]) == {}
+    graph = to_graph(func)
+    assert block_drops(model, graph, _addrs(func), model.embed_graphs([graph])[0]) == {}
 
 
 def test_the_report_says_what_the_worker_attributes() -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -144,12 +145,26 @@ async def count_in_flight(client: Client, runtime: Runtime, settings: Settings,
         await asyncio.sleep(interval_s)
 
 
+def _warm_engine() -> None:
+    """Load FESTIVE (torch, weights, reference index) in the background; a failure is
+    only logged here: the embed activity meets it again and reports it."""
+    try:
+        from festive.engine import load_engine
+
+        load_engine()
+        log.info("FESTIVE engine loaded")
+    except Exception as exc:  # noqa: BLE001 - reported by the first embed_compare instead
+        log.warning("FESTIVE engine not loaded at start: %s", exc)
+
+
 async def run(roles: list[str]) -> None:
     settings = load_settings()
     runtime = metrics_runtime(settings, roles)
     tracing.setup(f"worker-{'+'.join(roles)}", secrets=logs.secrets_of(settings))
     client = await connect(settings, runtime)
     workers = await build_workers(client, settings, roles)
+    if "gpu" in roles:  # load the model and index now, not in the first sample's embed
+        threading.Thread(target=_warm_engine, name="warm-engine", daemon=True).start()
     gauges = None
     if runtime is not None and "orchestration" in roles:
         gauges = asyncio.create_task(count_in_flight(client, runtime, settings))

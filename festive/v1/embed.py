@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from festive.v1.graph import MAX_BLOCKS, FunctionGraph, occluded_graphs, to_graph
+from festive.v1.graph import MAX_BLOCKS, FunctionGraph, to_graph
 from festive.v1.model import FestiveGNN, collate, load
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "v1" / "model.pt"
@@ -48,7 +48,3 @@ class Embedder:
     def embed(self, functions: list[dict[str, Any]]) -> np.ndarray:
         return self.embed_graphs([to_graph(f) for f in functions])
 
-    def embed_occluded(self, function: dict[str, Any], groups: list[list[int]]) -> np.ndarray:
-        """(len(groups) + 1, d): the function, then the function without each group's
-        blocks' statements."""
-        return self.embed_graphs(occluded_graphs(function, groups))

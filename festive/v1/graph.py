@@ -101,36 +101,5 @@ def to_graph(func: dict[str, Any]) -> FunctionGraph:
     )
 
 
-def occluded_graphs(func: dict[str, Any], groups: list[list[int]]) -> list[FunctionGraph]:
-    """The function's graph, then one graph per group of block indices with those blocks'
-    statements removed (what `to_graph` gives for the function with their `vex` emptied),
-    tokenising each block once (festive/occlusion.py embeds these variants)."""
-    func_addr = int(func.get("addr", "0x0"), 16)
-    all_blocks = func.get("blocks", [])
-    blocks = all_blocks[:MAX_BLOCKS]
-    empty = Counter({"EMPTY": 1})
-    bags = [block_bag(b.get("vex", []), func_addr) or empty for b in blocks]
-    n = len(blocks)
-    edges = np.asarray([(s, d) for s, d in func.get("edges", []) if s < n and d < n],
-                       dtype=np.int32).reshape(-1, 2)
 
-    def assemble(block_bags: list[Counter[str]], fbag: Counter[str]) -> FunctionGraph:
-        tok = [(_hash(t, BLOCK_BUCKETS), 1.0 + math.log(c), i)
-               for i, bag in enumerate(block_bags) for t, c in bag.items()]
-        return FunctionGraph(
-            tok=np.asarray([t for t, _w, _b in tok], dtype=np.int32),
-            tok_w=np.asarray([w for _t, w, _b in tok], dtype=np.float32),
-            tok_block=np.asarray([b for _t, _w, b in tok], dtype=np.int32),
-            n_blocks=n, edges=edges,
-            ftok=np.asarray([_hash(t, FUNC_BUCKETS) for t in fbag], dtype=np.int32),
-            ftok_w=np.asarray([1.0 + math.log(c) for c in fbag.values()], dtype=np.float32),
-        )
-
-    graphs = [assemble(bags, function_bag(func))]
-    for group in groups:
-        hidden = set(group)
-        variant = {**func, "blocks": [{**b, "vex": []} if i in hidden else b
-                                      for i, b in enumerate(all_blocks)]}
-        graphs.append(assemble([empty if i in hidden else bag for i, bag in enumerate(bags)],
-                               function_bag(variant)))
-    return graphs
+EMPTY_TOKEN = _hash("EMPTY", BLOCK_BUCKETS)  # the bag of a block without statements
