@@ -45,12 +45,11 @@ def block_groups(n: int) -> list[list[int]]:
 def without_blocks(graph: FunctionGraph, group: list[int]) -> FunctionGraph:
     """The graph with the blocks of `group` reduced to the EMPTY token."""
     drop = np.isin(graph.tok_block, np.asarray(group, dtype=np.int32))
-    return replace(
-        graph,
-        tok=np.concatenate([graph.tok[~drop], np.full(len(group), EMPTY_TOKEN, np.int32)]),
-        tok_w=np.concatenate([graph.tok_w[~drop], np.ones(len(group), np.float32)]),
-        tok_block=np.concatenate([graph.tok_block[~drop], np.asarray(group, np.int32)]),
-    )
+    tok = np.concatenate([graph.tok[~drop], np.full(len(group), EMPTY_TOKEN, np.int32)])
+    tok_w = np.concatenate([graph.tok_w[~drop], np.ones(len(group), np.float32)])
+    tok_block = np.concatenate([graph.tok_block[~drop], np.asarray(group, np.int32)])
+    order = np.argsort(tok_block, kind="stable")  # tokens stay grouped by block, in order
+    return replace(graph, tok=tok[order], tok_w=tok_w[order], tok_block=tok_block[order])
 
 
 def block_drops(model: Embeds, graph: FunctionGraph, block_addrs: np.ndarray,
