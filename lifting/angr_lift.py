@@ -18,6 +18,7 @@ import re
 import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ LIFT_FORMAT = "ae-lift/3"
 # The blob store's derived-blob kind under which a binary's lift is cached (by its sha256).
 LIFT_CACHE_KIND = f"lift-{LIFT_FORMAT.replace('/', '-')}"
 DEFAULT_CHUNK = 64  # functions per parallel work item (progress and balance vs overhead)
+# Forking pays for itself only on binaries with several chunks of functions; below, each
+# worker would also hold its own copy of the pages it touches, under the same limits.
+PARALLEL_MIN_CHUNKS = 4
 _PR_SET_PDEATHSIG = 1
 
 # Function names of compiler/runtime scaffolding: never worth attributing.
@@ -110,6 +114,8 @@ def lift_binary_extras(
     say = progress or (lambda _msg: None)
     try:
         project = angr.Project(path, auto_load_libs=False, load_debug_info=False)
+    except MemoryError:
+        raise  # the memory limit, not the file (lifting/child.py names it)
     except Exception as exc:  # cle raises many types for malformed input
         raise UnsupportedBinary(f"angr cannot load the file: {type(exc).__name__}: {exc}") from exc
 
@@ -135,9 +141,13 @@ def lift_binary_extras(
 
     todo = [func for func in candidates if func.addr not in absorbed]
     job = _LiftJob(project, cfg, todo, parts, to_file, starts, extra)
-    if workers > 1 and max_functions is None and len(todo) > chunk_size:
-        lifted = _lift_parallel(job, workers, chunk_size, say)
-    else:
+    lifted = None
+    if workers > 1 and max_functions is None and len(todo) > PARALLEL_MIN_CHUNKS * chunk_size:
+        try:
+            lifted = _lift_parallel(job, workers, chunk_size, say)
+        except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
+            say("a lift worker died: lifting the functions in this process")
+    if lifted is None:
         lifted = _lift_serial(job, max_functions, say)
     functions = [record for record, _extra in lifted]
 

@@ -15,11 +15,10 @@ import errno
 import gzip
 import json
 import os
-import resource
 import sys
-from pathlib import Path
 
 from lifting.angr_lift import UnsupportedBinary
+from sandbox.memory import near_memory_limit
 
 EXIT_OK = 0
 EXIT_UNSUPPORTED = 3
@@ -42,7 +41,7 @@ def main(argv: list[str]) -> int:
             return _fail(f"no space left to write the lift: {exc}", EXIT_NO_SPACE)
         return _fail(f"angr failed: {type(exc).__name__}: {exc}"[:2000], EXIT_CRASH)
     except BaseException as exc:  # angr raises anything on crafted input; report, don't hang
-        if _near_memory_limit():
+        if near_memory_limit():
             # Out of address space, angr's native parts fail in odd ways (SystemError,
             # NULL results): name the real cause.
             return _fail(f"lifting exceeded the memory limit ({type(exc).__name__})",
@@ -84,21 +83,6 @@ def _env_int(name: str, default: int) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"ERROR {message}", file=sys.stderr, flush=True)
     return code
-
-
-def _near_memory_limit(fraction: float = 0.9) -> bool:
-    """Whether this process's peak address space came close to its RLIMIT_AS."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return False
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("VmPeak:"):
-            return int(line.split()[1]) * 1024 >= fraction * soft
-    return False
 
 
 if __name__ == "__main__":

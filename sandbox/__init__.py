@@ -53,6 +53,10 @@ CHILD_ENV = {
     "LC_ALL": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUNBUFFERED": "1",
+    # numpy's BLAS would start a thread per core, each reserving tens of MiB of address
+    # space against the child's RLIMIT_AS; the children do no linear algebra worth it
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
 }
 log = logging.getLogger("sandbox")
 

@@ -37,33 +37,10 @@ from tests.conftest import (
     running_workers,
 )
 from tests.live_api import ROOT, free_port, live_api
+from tests.test_attribution import TINY_SOURCE
 from tests.test_pipeline_e2e import ZLIB_PROGRAM
 
-SMALL_PROGRAM = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#define NOINLINE __attribute__((noinline))
-NOINLINE int classify(int c) {
-    if (c >= '0' && c <= '9') return 1;
-    if (c >= 'a' && c <= 'z') return 2;
-    if (c >= 'A' && c <= 'Z') return 3;
-    if (c == ' ' || c == '\t' || c == '\n') return 4;
-    return 0;
-}
-NOINLINE void histogram(const char *s, int *counts) {
-    for (; *s; s++) {
-        int k = classify((unsigned char)*s);
-        if (k > 0) counts[k]++; else counts[0]++;
-        if (counts[k] > 1000) counts[k] = 0;
-    }
-}
-int main(int argc, char **argv) {
-    int counts[5] = {0};
-    for (int i = 1; i < argc; i++) histogram(argv[i], counts);
-    for (int i = 0; i < 5; i++) printf("%d %d\n", i, counts[i]);
-    return counts[0] > 3 ? 1 : 0;
-}
-"""
+SMALL_PROGRAM = TINY_SOURCE  # a few functions of its own, no library
 UNKNOWN_SHA = "0" * 63 + "1"
 
 

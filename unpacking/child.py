@@ -14,12 +14,12 @@ import dataclasses
 import errno
 import json
 import os
-import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 from common.failures import is_storage_full
+from sandbox.memory import near_memory_limit
 from store.blobs_local import LocalBlobStore
 from unpacking.extract import BadSample, UnpackLimits, unpack_sample
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
             return _fail(work, f"out of storage space while unpacking: {exc}", EXIT_NO_SPACE)
         return _fail(work, f"unpacking failed: {type(exc).__name__}: {exc}", EXIT_IO)
     except BaseException as exc:  # report, don't hang
-        if _near_memory_limit():
+        if near_memory_limit():
             return _fail(work, f"unpacking exceeded the memory limit ({type(exc).__name__})",
                          EXIT_MEMORY)
         return _fail(work, f"unpacking failed: {type(exc).__name__}: {exc}"[:2000], EXIT_CRASH)
@@ -76,20 +76,6 @@ def _write(work: Path, document: dict[str, Any]) -> None:
     tmp = work / f"{RESULT}.tmp"
     tmp.write_text(json.dumps(document))
     os.replace(tmp, work / RESULT)
-
-
-def _near_memory_limit(fraction: float = 0.9) -> bool:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return False
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("VmPeak:"):
-            return int(line.split()[1]) * 1024 >= fraction * soft
-    return False
 
 
 if __name__ == "__main__":
