@@ -80,9 +80,13 @@ class AnalyzeSample:
         try:
             await self._record(request, STARTED)
             unpacked = await self._unpack(request)
+            _stop_if_cancelled()
             lifted = await self._lift(request, unpacked)
+            _stop_if_cancelled()
             embedded = await self._embed(request, unpacked, lifted)
+            _stop_if_cancelled()
             explained = await self._explain(request, embedded)
+            _stop_if_cancelled()
             await self._persist(request, embedded, explained, run_id)
         except (ActivityError, ApplicationError, asyncio.CancelledError) as err:
             interrupted = self._stage
@@ -204,6 +208,16 @@ class AnalyzeSample:
             "record_status", update, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RECORD_RETRY,
         )
+
+
+def _stop_if_cancelled() -> None:
+    """A stage's activity that finished its work although the run was cancelled meanwhile
+    (a cancel reaches an activity only with a heartbeat) hands back its result and the
+    SDK swallows the cancel: the run would go on to the next stage. A cancel requested of
+    this task stays counted, so the run stops here and ends REVOKED."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError("cancelled while a stage finished")
 
 
 async def _until_space[T](start: Callable[[], Awaitable[T]]) -> T:
