@@ -101,5 +101,4 @@ def to_graph(func: dict[str, Any]) -> FunctionGraph:
     )
 
 
-
 EMPTY_TOKEN = _hash("EMPTY", BLOCK_BUCKETS)  # the bag of a block without statements
