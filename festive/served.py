@@ -1,7 +1,7 @@
 """Which model the workers serve, as a record in the shared blob store.
 
 A GPU worker publishes the card of the model it loaded when it starts (`publish`); the
-API and the orchestration worker read it (`served_card`) to know what "current" means,
+API and the orchestration worker read it (`read`, `ServedCard`) to know what "current" means,
 instead of trusting their own copy of the weights, which on another machine may be
 older or newer. The record is one derived reference per deployment (keyed by the GPU
 task queue), pointing at an immutable JSON blob, so it works the same on a local
