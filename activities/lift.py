@@ -8,10 +8,14 @@ hangs or bloats angr takes down only its own process, and a revoke can kill it a
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -51,11 +55,14 @@ class Lift:
                 await self._run_child(str(sample), str(out), child.name)
             lift_sha, _ = await asyncio.to_thread(blobs.put_file, out)
             features = Path(str(out) + FEATURES_SUFFIX)
-            if features.exists():  # the graphs the embed stage reads instead of the JSON
+            packed = features.read_bytes() if features.exists() else None
+            if packed is not None:  # the graphs the embed stage reads instead of the JSON
                 features_sha, _ = await asyncio.to_thread(blobs.put_file, features)
                 await asyncio.to_thread(blobs.set_derived, PACK_VERSION, lift_sha, features_sha)
+            # from the files at hand, not read back from the (possibly remote) store
+            arch, count = await asyncio.to_thread(
+                _summary, packed, lambda: json.loads(gzip.decompress(out.read_bytes())))
         await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
-        arch, count = await asyncio.to_thread(_lift_summary, blobs, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
         metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
         return LiftResult(child, lift_sha, arch, count, cached=False)
@@ -92,16 +99,22 @@ class Lift:
 
 
 def _lift_summary(blobs: BlobStore, lift_sha256: str) -> tuple[str, int]:
-    """(arch, function count) of a lift: from its packed graphs when there are some (a
-    fraction of the size, no VEX text to parse), else from the gzipped JSON lift itself."""
+    """(arch, function count) of a stored lift (see _summary)."""
     packed_sha = blobs.get_derived(PACK_VERSION, lift_sha256)
-    if packed_sha is not None:
+    return _summary(blobs.read_bytes(packed_sha) if packed_sha is not None else None,
+                    lambda: blobs.read_json(lift_sha256))
+
+
+def _summary(packed: bytes | None, lift: Callable[[], dict[str, Any]]) -> tuple[str, int]:
+    """(arch, function count) of a lift: from its packed graphs when there are some (a
+    fraction of the size, no VEX text to parse), else from the JSON lift itself."""
+    if packed is not None:
         try:
-            packed = from_bytes(blobs.read_bytes(packed_sha))
-            return packed.binary["arch"], packed.functions_total
+            unpacked = from_bytes(packed)
+            return unpacked.binary["arch"], unpacked.functions_total
         except (ValueError, KeyError):
             pass  # damaged or foreign: the lift itself says
-    lifted = blobs.read_json(lift_sha256)
+    lifted = lift()
     return lifted["binary"]["arch"], len(lifted["functions"])
 
 

@@ -167,7 +167,7 @@ def rar4_stored(entries: list[tuple[str, bytes]], encrypted: bool = False) -> by
     return bytes(out)
 
 
-def _vint(value: int) -> bytes:
+def vint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -179,13 +179,13 @@ def _vint(value: int) -> bytes:
 def _rar5_block(
     kind: int, flags: int, fields: bytes, extra: bytes = b"", data: bytes = b""
 ) -> bytes:
-    body = _vint(kind) + _vint(flags | (0x1 if extra else 0) | (0x2 if data else 0))
+    body = vint(kind) + vint(flags | (0x1 if extra else 0) | (0x2 if data else 0))
     if extra:
-        body += _vint(len(extra))
+        body += vint(len(extra))
     if data:
-        body += _vint(len(data))
+        body += vint(len(data))
     body += fields + extra
-    sized = _vint(len(body)) + body
+    sized = vint(len(body)) + body
     return struct.pack("<I", zlib.crc32(sized)) + sized + data
 
 
@@ -199,20 +199,20 @@ def rar5_stored(
     to see what a reader does with them."""
     out = bytearray(RAR5_SIGNATURE)
     if encrypted_headers:  # version 0, no flags, KDF count, salt
-        out += _rar5_block(4, 0, _vint(0) + _vint(0) + bytes([15]) + bytes(range(16)))
-    out += _rar5_block(1, 0, _vint(0))  # main archive header: no flags
+        out += _rar5_block(4, 0, vint(0) + vint(0) + bytes([15]) + bytes(range(16)))
+    out += _rar5_block(1, 0, vint(0))  # main archive header: no flags
     for name, data in entries:
         raw = name.encode()
         crc = struct.pack("<I", zlib.crc32(data))
         # file flags (CRC present), size, mode, CRC, compression (store), host OS (Unix)
-        fields = _vint(0x4) + _vint(len(data)) + _vint(0o100755) + crc + _vint(0) + _vint(1)
-        fields += _vint(len(raw)) + raw
+        fields = vint(0x4) + vint(len(data)) + vint(0o100755) + crc + vint(0) + vint(1)
+        fields += vint(len(raw)) + raw
         extra = b""
         if encrypted:
-            record = _vint(0x01) + _vint(0) + _vint(0) + bytes([15]) + bytes(range(32))
-            extra = _vint(len(record)) + record
+            record = vint(0x01) + vint(0) + vint(0) + bytes([15]) + bytes(range(32))
+            extra = vint(len(record)) + record
         out += _rar5_block(2, 0, fields, extra, data)
-    out += _rar5_block(5, 0, _vint(0))
+    out += _rar5_block(5, 0, vint(0))
     return bytes(out)
 
 

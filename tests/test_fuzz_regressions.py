@@ -17,24 +17,16 @@ from pathlib import Path
 import pytest
 
 from store.blobs_local import LocalBlobStore
+from tests.container_samples import vint
 from unpacking.containers import rar5_encrypted_names
 from unpacking.extract import BadSample, unpack_sample
-
-
-def _vint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def rar5_huge_data_area() -> bytes:
     """RAR 5 signature and a main archive header whose data area claims 2**62 bytes.
     (Fuzz finding: rar5_encrypted_names seeked past any offset the OS accepts; OSError.)"""
-    body = _vint(1) + _vint(0x2) + _vint(1 << 62) + _vint(0)  # type, flags, data size, flags
-    sized = _vint(len(body)) + body
+    body = vint(1) + vint(0x2) + vint(1 << 62) + vint(0)  # type, flags, data size, flags
+    sized = vint(len(body)) + body
     return b"Rar!\x1a\x07\x01\x00" + struct.pack("<I", zlib.crc32(sized)) + sized
 
 
