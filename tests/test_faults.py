@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.app import create_app
 from common.config import PROJECT_ROOT, Settings
@@ -420,11 +420,11 @@ async def test_sigterm_hands_in_flight_work_to_another_worker(
         # A 1 s graceful window, so the lift in flight cannot finish inside it and must
         # be handed over (with the default 10 s, a fast machine may finish it first).
         first = {r: s.worker(r, AE_GRACEFUL_SHUTDOWN_S="1") for r in ROLES}
-        binary = slow_binary if role == "cpu" else medium_binary
-        sha256 = await submit(s.api, variant(binary, f"sigterm-{role}"), f"sigterm-{role}")
         if role == "gpu":  # the embed activity is running on the first gpu worker
-            await wait_until(lambda: _running(s, sha256, "embed_compare"), 300, "the embed")
+            sha256 = await _submit_until_embed_caught(s, slow_binary)
         else:  # the lift is running (for orchestration: the workflow is mid-run)
+            binary = slow_binary if role == "cpu" else medium_binary
+            sha256 = await submit(s.api, variant(binary, f"sigterm-{role}"), f"sigterm-{role}")
             await wait_until(lambda: lift_children(first["cpu"].pid), 120, "the lift child")
         children = lift_children(first["cpu"].pid)
         second = s.worker(role)
@@ -451,6 +451,24 @@ async def test_sigterm_hands_in_flight_work_to_another_worker(
             assert identity(second) in workflow_task_identities(events)
 
 
-async def _running(s: Stack, sha256: str, activity: str) -> bool:
-    info = await pending(s, sha256, activity)
-    return info is not None and info.state == 2  # PENDING_ACTIVITY_STATE_STARTED
+async def _submit_until_embed_caught(s: Stack, binary: Path, attempts: int = 3) -> str:
+    """Submit variants of `binary` until one's embed activity is seen running.
+
+    The embed of a 1,200-function binary lasts one or two seconds, so a poll can miss it
+    on a fast machine; a run that finished unseen is not the scenario, and another
+    variant is submitted (at most `attempts`). Returns the caught sample's sha256."""
+    for attempt in range(attempts):
+        sha256 = await submit(s.api, variant(binary, f"sigterm-gpu-{attempt}"), "sigterm-gpu")
+        handle = s.client.get_workflow_handle(workflow_id(MODEL_NAME, sha256))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            description = await handle.describe()
+            if any(info.activity_type.name == "embed_compare" and info.state == 2
+                   for info in description.raw_description.pending_activities):
+                return sha256  # PENDING_ACTIVITY_STATE_STARTED
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                break  # finished before a poll saw its embed: try another variant
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the embed of {sha256} did not start within 300 s")
+    raise AssertionError(f"{attempts} runs finished before their embed was seen running")
