@@ -48,6 +48,10 @@ def main(argv: list[str]) -> int:
     if executable is None:
         print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
         return 127
+    # this interpreter ignores SIGPIPE and SIGXFSZ, and exec would pass that on: a
+    # program past its file-size limit is to be killed by SIGXFSZ, not see EFBIG
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
     sys.stdout.flush()
     try:
         os.execv(executable, program)
@@ -62,11 +66,20 @@ def _limit(args: argparse.Namespace) -> None:
             procs.write(str(os.getpid()))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if args.address_space is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+        _lower(resource.RLIMIT_AS, args.address_space, args.address_space)
     if args.cpu is not None:
-        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
+        _lower(resource.RLIMIT_CPU, args.cpu, args.cpu + 5)
     if args.fsize is not None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
+        _lower(resource.RLIMIT_FSIZE, args.fsize, args.fsize)
+
+
+def _lower(which: int, soft: int, hard: int) -> None:
+    """Set a limit, never above the one in force: a contained child's own children (upx,
+    unar inside the unpack child) get their limits within the child's, not beside them."""
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(which, (soft, hard))
 
 
 if __name__ == "__main__":
