@@ -42,7 +42,8 @@ from sandbox.rlimits import EXIT_SETUP
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The exec wrapper, run as a script without site-packages: it starts in a few ms and
 # imports nothing of this package.
-RLIMITS = (sys.executable, "-S", str(Path(__file__).resolve().with_name("rlimits.py")))
+SANDBOX_DIR = Path(__file__).resolve().parent
+RLIMITS = (sys.executable, "-S", str(SANDBOX_DIR / "rlimits.py"))
 MODES = ("bwrap", "off")
 NOBODY = 65534
 HEARTBEAT_S = 2.0
@@ -168,11 +169,14 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
     if bwrap is None:
         raise SandboxUnavailable("bwrap is not installed")
     args = [bwrap, *_namespace_args(), "--die-with-parent", "--new-session", "--clearenv"]
-    # user 65534 has no passwd entry in the view: getpass.getuser() (pyvex) reads these
+    # getpass.getuser() (pyvex) reads these; unar's GNUstep asks getpwuid() (the view's
+    # /etc/passwd and /etc/group name user and group 65534, and nothing else)
     for name, value in {**child_env(scratch), "USER": "nobody", "LOGNAME": "nobody"}.items():
         args += ["--setenv", name, value]
     for path in _system_paths():
         args += ["--ro-bind-try", path, path]
+    for name in ("passwd", "group"):
+        args += ["--ro-bind", str(SANDBOX_DIR / name), f"/etc/{name}"]
     for path in _runtime_paths():
         args += ["--ro-bind", path, path]
     args += ["--dev", "/dev", "--proc", "/proc"]
