@@ -18,13 +18,14 @@ import pytest
 
 from store.blobs_local import LocalBlobStore
 from tests.container_samples import vint
-from unpacking.containers import rar5_encrypted_names
+from unpacking.containers import rar_lock
 from unpacking.extract import BadSample, unpack_sample
+from unpacking.rar_unar import RarLock
 
 
 def rar5_huge_data_area() -> bytes:
     """RAR 5 signature and a main archive header whose data area claims 2**62 bytes.
-    (Fuzz finding: rar5_encrypted_names seeked past any offset the OS accepts; OSError.)"""
+    (Fuzz finding: the RAR 5 header walk seeked past any offset the OS accepts; OSError.)"""
     body = vint(1) + vint(0x2) + vint(1 << 62) + vint(0)  # type, flags, data size, flags
     sized = vint(len(body)) + body
     return b"Rar!\x1a\x07\x01\x00" + struct.pack("<I", zlib.crc32(sized)) + sized
@@ -66,4 +67,4 @@ def test_fuzz_regression(tmp_path: Path, case: str) -> None:
 def test_rar5_scanner_stops_at_a_data_area_past_the_end(tmp_path: Path) -> None:
     path = tmp_path / "huge.rar"
     path.write_bytes(rar5_huge_data_area())
-    assert rar5_encrypted_names(path, 4) == set()
+    assert rar_lock(path) == RarLock(False, frozenset())

@@ -6,15 +6,16 @@ and nothing is written to a path taken from the container. libarchive is opened 
 exactly one format family and no decompression filters, so it never runs an external
 program and never guesses at a format the magic bytes did not name.
 
-libarchive (3.6/3.7) cannot decrypt RAR: an encrypted RAR entry (or a RAR whose headers
-are encrypted) is reported as such, naming that limit, instead of trying the password
-list.
+libarchive (3.6/3.7) cannot decrypt RAR: a RAR with an encrypted entry, or whose headers
+are encrypted, is read by unar with the password list instead (unpacking.rar_unar); where
+unar is not installed, the encrypted entries are reported as such, naming that limit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import io
+import struct
 from pathlib import Path
 
 import libarchive.ffi as ffi
@@ -31,6 +32,7 @@ from unpacking.archives import (
     Visitor,
 )
 from unpacking.formats import RAR5_MAGIC
+from unpacking.rar_unar import RarLock, read_encrypted_rar, unar_tools
 
 __all__ = ["CONTAINER_KINDS", "read_container"]
 
@@ -87,7 +89,7 @@ def read_container(
     if kind == "ole":
         return _read_ole(path, meter, visit)
     if kind in LIBARCHIVE_FORMATS:
-        return _read_libarchive(kind, path, meter, visit, passwords)
+        return _read_libarchive(kind, path, meter, visit, passwords, spool_dir, max_member_bytes)
     raise ValueError(f"not a container kind: {kind!r}")
 
 
@@ -125,11 +127,21 @@ class _DataError(Exception):
 
 
 def _read_libarchive(
-    kind: str, path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ...]
+    kind: str, path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ...],
+    spool_dir: Path, max_member_bytes: int,
 ) -> str:
-    encrypted: set[str] = set()
+    encrypted: frozenset[str] = frozenset()
     if kind == "rar":
-        encrypted = rar5_encrypted_names(path, len(passwords))
+        lock = rar_lock(path)
+        if lock.locked and passwords and unar_tools() is not None:
+            return read_encrypted_rar(
+                path, lock, meter, visit, passwords, spool_dir, max_member_bytes
+            )
+        if lock.headers:
+            raise CorruptArchive(
+                f"RAR archive with encrypted headers: {_cannot_decrypt(len(passwords))}"
+            )
+        encrypted = lock.names
     archive_p = ffi.read_new()
     entry_p = ffi.entry_new()
     label = kind
@@ -182,7 +194,7 @@ def _visit_entry(
     meter: Meter,
     visit: Visitor,
     passwords: int,
-    encrypted: set[str],
+    encrypted: frozenset[str],
 ) -> None:
     name = _text(_lib.archive_entry_pathname(entry_p))
     kind = _lib.archive_entry_filetype(entry_p) & S_IFMT
@@ -215,59 +227,100 @@ def _visit_entry(
 
 
 def _rar_encrypted(passwords: int) -> str:
-    return (
-        "encrypted RAR entry: libarchive cannot decrypt RAR, so the "
-        f"{passwords} known passwords could not be tried"
-    )
+    return f"encrypted RAR entry: {_cannot_decrypt(passwords)}"
 
 
-# --- RAR 5 encryption, which libarchive 3.6 does not notice ----------------------------------
-RAR5_MAX_HEADERS = 100_000
+def _cannot_decrypt(passwords: int) -> str:
+    if not passwords:
+        return "no archive passwords are configured"
+    return ("libarchive cannot decrypt RAR and unar is not installed, so the "
+            f"{passwords} known passwords could not be tried")
+
+
+# --- RAR encryption, read from the headers (libarchive 3.6 misses RAR 5's) -----------------
+RAR_MAX_HEADERS = 100_000
 RAR5_MAX_HEADER = 2 << 20  # RAR 5 itself limits a header to 2 MiB
+RAR4_MAGIC = b"Rar!\x1a\x07\x00"
 
 
-def rar5_encrypted_names(path: Path, passwords: int) -> set[str]:
-    """Names of the RAR 5 file entries that carry an encryption record.
+def rar_lock(path: Path) -> RarLock:
+    """What of the RAR at `path` is encrypted: its headers, or which file entries.
 
-    libarchive 3.6 skips that record and would "extract" the ciphertext, so the block
-    headers are walked here first (they are small and unencrypted unless the archive
-    header is; then CorruptArchive names the limit). A RAR 4 archive, or one whose
-    headers stop making sense, gives an empty set: libarchive reports its own errors.
-    """
-    names: set[str] = set()
+    The block headers are walked here first (they are small, and readable unless the
+    headers are encrypted): libarchive 3.6 skips RAR 5's encryption record and would
+    "extract" the ciphertext. Headers that stop making sense end the walk with what was
+    found so far: libarchive, or unar, reports its own errors."""
     with open(path, "rb") as handle:
-        if handle.read(8) != RAR5_MAGIC:
-            return names
-        size = path.stat().st_size
-        for _ in range(RAR5_MAX_HEADERS):
-            start = handle.tell()
-            prefix = handle.read(7)  # CRC32 and up to 3 bytes of header size
-            if len(prefix) < 5:
-                return names
-            length, used = _vint_at(prefix, 4)
-            if length is None or length > RAR5_MAX_HEADER:
-                return names
-            handle.seek(start + 4 + used)
-            body = handle.read(length)
-            if len(body) < length:
-                return names
-            header = _rar5_header(body)
-            if header is None:
-                return names
-            kind, data_size, name, is_encrypted = header
-            if kind == 4:
-                raise CorruptArchive(
-                    "RAR 5 archive with encrypted headers: libarchive cannot decrypt RAR, "
-                    f"so the {passwords} known passwords could not be tried"
-                )
-            if kind == 2 and is_encrypted:
-                names.add(name)
-            if kind == 5:
-                return names
-            if handle.tell() + data_size > size:  # a data area past the end: libarchive's call
-                return names
-            handle.seek(data_size, 1)
-    return names
+        magic = handle.read(8)
+        if magic == RAR5_MAGIC:
+            return _rar5_lock(handle, path.stat().st_size)
+        if magic[:7] == RAR4_MAGIC:
+            handle.seek(7)
+            return _rar4_lock(handle, path.stat().st_size)
+    return RarLock(False, frozenset())
+
+
+def _rar4_lock(handle: io.BufferedReader, size: int) -> RarLock:
+    """RAR 2.9/4.x: the archive header's "block headers encrypted" flag (0x80) and the
+    file headers' password flag (0x04), from the RAR 4.x technote's block layout."""
+    names: set[str] = set()
+    for _ in range(RAR_MAX_HEADERS):
+        head = handle.read(7)
+        if len(head) < 7:
+            break
+        _, kind, flags, length = struct.unpack("<HBHH", head)
+        body = handle.read(max(length - 7, 0))
+        if length < 7 or len(body) < length - 7:
+            break
+        if kind == 0x73 and flags & 0x80:
+            return RarLock(True, frozenset())
+        data = 0
+        if (kind == 0x74 or flags & 0x8000) and len(body) >= 4:
+            data = struct.unpack_from("<I", body)[0]
+        if kind == 0x74 and len(body) >= 25:
+            high = flags & 0x100 and len(body) >= 33
+            if high:
+                data += struct.unpack_from("<I", body, 25)[0] << 32
+            if flags & 0x04:
+                start = 33 if high else 25
+                raw = body[start : start + struct.unpack_from("<H", body, 19)[0]]
+                if flags & 0x200:  # an ASCII name, NUL, then RAR's own Unicode encoding
+                    raw = raw.split(b"\0")[0]
+                names.add(raw.decode("utf-8", "surrogateescape"))
+        if kind == 0x7B or handle.tell() + data > size:  # the end, or data past it
+            break
+        handle.seek(data, 1)
+    return RarLock(False, frozenset(names))
+
+
+def _rar5_lock(handle: io.BufferedReader, size: int) -> RarLock:
+    """RAR 5.0: an archive encryption header (type 4), or file headers with an
+    encryption record in their extra area."""
+    names: set[str] = set()
+    for _ in range(RAR_MAX_HEADERS):
+        start = handle.tell()
+        prefix = handle.read(7)  # CRC32 and up to 3 bytes of header size
+        if len(prefix) < 5:
+            break
+        length, used = _vint_at(prefix, 4)
+        if length is None or length > RAR5_MAX_HEADER:
+            break
+        handle.seek(start + 4 + used)
+        body = handle.read(length)
+        if len(body) < length:
+            break
+        header = _rar5_header(body)
+        if header is None:
+            break
+        kind, data_size, name, is_encrypted = header
+        if kind == 4:
+            return RarLock(True, frozenset())
+        if kind == 2 and is_encrypted:
+            names.add(name)
+        if kind == 5 or handle.tell() + data_size > size:  # the end, or data past it
+            break
+        handle.seek(data_size, 1)
+    return RarLock(False, frozenset(names))
 
 
 def _vint_at(data: bytes, offset: int) -> tuple[int | None, int]:
