@@ -1,25 +1,30 @@
 """Build real RAR, CAB, ISO 9660, cpio, ar/deb and MSI containers, and their hostile twins.
 
 The well-formed ones come from Debian's own tools (bsdtar, gcab, genisoimage, dpkg-deb,
-wixl, xorriso), run here at test time on a real ELF (/bin/true). Nothing in Debian's main archive
-writes RAR (`rar` is non-free and not reachable), so RAR files are written by
-`rar4_stored` / `rar5_stored` below, from the published format descriptions (RAR 4.x
-technote; RAR 5.0 archive format), with the "store" method: libarchive reads them as it
-reads any RAR. Hostile twins are made by writing the same formats by hand (cpio, ar) or
-by patching a tool's output in place (CAB, ISO, MSI), as a hostile sender would.
+wixl, xorriso, and RARLAB's `rar` from Debian's non-free section), run here at test time
+on a real ELF (/bin/true). `rar` 7 writes RAR 5 only, so RAR 4 files, and the RAR files
+whose headers are made to lie, are written by `rar4_stored` / `rar5_stored` below, from
+the published format descriptions (RAR 4.x technote; RAR 5.0 archive format), with the
+"store" method (and, for RAR 4, real AES-128 encryption with RAR 3's key derivation).
+Hostile twins are made by writing the same formats by hand (cpio, ar) or by patching a
+tool's output in place (CAB, ISO, MSI), as a hostile sender would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import struct
 import subprocess
 import zlib
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
 TRUE_ELF = Path("/bin/true").read_bytes()
 TOOLS = {"bsdtar": "libarchive-tools", "gcab": "gcab", "genisoimage": "genisoimage",
-         "wixl": "wixl", "dpkg-deb": "dpkg", "xorriso": "xorriso"}  # fmt: skip
+         "wixl": "wixl", "dpkg-deb": "dpkg", "xorriso": "xorriso", "rar": "rar",
+         "unar": "unar", "lsar": "unar"}  # fmt: skip
 
 
 def missing_tools() -> list[str]:
@@ -49,6 +54,14 @@ def bsdtar(work: Path, fmt: str, files: dict[str, bytes]) -> bytes:
     out = work / f"out.{fmt}"
     _run("bsdtar", f"--format={fmt}", "-cf", out, "-C", root, *sorted(files), cwd=work)
     return out.read_bytes()
+
+
+def rar(work: Path, files: dict[str, bytes], *flags: str, out: str = "out.rar") -> bytes:
+    """`rar a -ma5 FLAGS` (RARLAB's own compressor; -p/-hp encrypt) over the files given,
+    added to `out` (so two calls make an archive with entries of both kinds)."""
+    root = _tree(work, files)
+    _run("rar", "a", "-idq", "-ma5", *flags, work / out, *sorted(files), cwd=root)
+    return (work / out).read_bytes()
 
 
 def cab(work: Path, files: dict[str, bytes], compress: bool = True) -> bytes:
@@ -150,21 +163,44 @@ def _rar4_block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
     return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
 
 
-def rar4_stored(entries: list[tuple[str, bytes]], encrypted: bool = False) -> bytes:
+def rar4_stored(
+    entries: list[tuple[str, bytes]], encrypted: bool = False, password: str = ""
+) -> bytes:
     """RAR 2.9/4.x with every file stored (method 0x30), Unix host, version 2.9.
 
     `encrypted` sets the file headers' password flag (0x04) without encrypting anything:
-    enough to see what a reader does with an encrypted entry."""
+    enough to see what a reader does with an encrypted entry. `password` encrypts each
+    file for real (AES-128-CBC, a salt per file), as RAR 3.x and 4.x do."""
     out = bytearray(RAR4_SIGNATURE)
     out += _rar4_block(0x73, 0, b"\0" * 6)  # archive header: two reserved fields
-    for name, data in entries:
-        raw = name.encode()
-        flags = 0x8000 | (0x04 if encrypted else 0)  # LONG_BLOCK: a data area follows
-        body = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data),
-                           0x5A210000, 29, 0x30, len(raw), 0o100755) + raw  # fmt: skip
-        out += _rar4_block(0x74, flags, body, data)
+    for index, (name, data) in enumerate(entries):
+        raw, packed, salt = name.encode(), data, b""
+        flags = 0x8000 | (0x04 if encrypted or password else 0)  # LONG_BLOCK: data follows
+        if password:
+            salt = bytes([index] * 8)
+            packed = rar3_encrypt(password, salt, data)
+            flags |= 0x400  # a salt follows the name
+        body = struct.pack("<IIBIIBBHI", len(packed), len(data), 3, zlib.crc32(data),
+                           0x5A210000, 29, 0x30, len(raw), 0o100755) + raw + salt  # fmt: skip
+        out += _rar4_block(0x74, flags, body, packed)
     out += _rar4_block(0x7B, 0x4000, b"")
     return bytes(out)
+
+
+def rar3_encrypt(password: str, salt: bytes, data: bytes) -> bytes:
+    """RAR 3.x/4.x encryption: AES-128-CBC, key and IV from 2**18 rounds of SHA-1 over
+    the UTF-16LE password, the salt and a 3-byte counter (the IV from a byte of the
+    running digest every 2**14 rounds); the data zero-padded to the block size."""
+    seed, rounds = password.encode("utf-16-le") + salt, 1 << 18
+    sha, iv = hashlib.sha1(), bytearray()
+    for i in range(rounds):
+        sha.update(seed + i.to_bytes(3, "little"))
+        if i % (rounds // 16) == 0:
+            iv.append(sha.copy().digest()[19])
+    digest = sha.digest()
+    key = b"".join(digest[k : k + 4][::-1] for k in range(0, 16, 4))
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(bytes(iv))).encryptor()
+    return encryptor.update(data + bytes(-len(data) % 16)) + encryptor.finalize()
 
 
 def vint(value: int) -> bytes:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import random
 import stat
 import struct
+import subprocess
 import tarfile
 import zipfile
 import zlib
@@ -24,6 +26,7 @@ import pytest
 
 from store.blobs import BlobStore
 from store.blobs_local import LocalBlobStore
+from tests import container_samples
 from unpacking.archives import detect_archive
 from unpacking.contained import unpack_contained_blocking
 from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport
@@ -599,6 +602,18 @@ def test_7z_unknown_password(store: BlobStore) -> None:
     )
 
 
+def test_encrypted_rar_opens_in_the_sandboxed_child(
+    store: BlobStore, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """unar and lsar run inside the sandboxed unpack child (GNUstep needs the passwd entry
+    the sandbox's view gives user 65534): encrypted entries, and encrypted headers."""
+    work = tmp_path_factory.mktemp("rar")
+    entries = container_samples.rar(work, {"bin/true": TRUE_ELF}, "-pinfected", out="e.rar")
+    headers = container_samples.rar(work, {"bin/true": TRUE_ELF}, "-hpmalware", out="h.rar")
+    assert names(unpack(store, entries, name="e.rar")) == ["e.rar/bin/true"]
+    assert names(unpack(store, headers, name="h.rar")) == ["h.rar/bin/true"]
+
+
 # --- corrupt archives ----------------------------------------------------------------------
 def test_corrupt_zip_directory(store: BlobStore) -> None:
     data = zip_of([("true", elf())])
@@ -809,3 +824,45 @@ def test_upx_marker_without_upx_keeps_packed_file(
 
 
 # --- UPX -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def upx_packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """(/bin/ls, the same packed by Debian's upx-ucl): a real UPX-packed executable."""
+    work = tmp_path_factory.mktemp("upx")
+    original = work / "ls"
+    original.write_bytes(Path("/bin/ls").read_bytes())
+    original.chmod(0o755)  # upx packs executables only
+    subprocess.run(["upx", "-q", "-q", "-o", str(work / "packed"), str(original)],
+                   check=True, capture_output=True)
+    return original.read_bytes(), (work / "packed").read_bytes()
+
+
+def test_upx_packed_program_is_replaced_by_its_unpacked_form(
+    store: BlobStore, upx_packed: tuple[bytes, bytes]
+) -> None:
+    """upx -d runs inside the sandboxed unpack child: the child analysed is the program
+    as it was before packing, byte for byte."""
+    original, packed = upx_packed
+    assert b"UPX!" in packed and packed != original
+    report = unpack(store, packed, name="packed")
+    [child] = report.children
+    assert child.sha256 == hashlib.sha256(original).hexdigest()
+    assert (child.format, child.parent_sha256) == ("ELF", store.put_bytes(packed))
+    assert reasons(report) == {
+        "packed": f"UPX-packed: replaced by its unpacked form {child.sha256}"
+    }
+
+
+def test_damaged_upx_program_is_analysed_as_it_is(
+    store: BlobStore, upx_packed: tuple[bytes, bytes]
+) -> None:
+    """Packed data overwritten in the middle: upx -d refuses it, and the packed file
+    itself is analysed with upx's reason in the report, never a crash."""
+    damaged = bytearray(upx_packed[1])
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = b"\xff" * 64
+    report = unpack(store, bytes(damaged), name="damaged")
+    [child] = report.children
+    assert child.sha256 == store.put_bytes(bytes(damaged))
+    reason = reasons(report)["damaged"]
+    assert reason.startswith("UPX-packed: upx -d failed (") and reason.endswith(
+        "), the packed file is analysed"), reason

@@ -123,22 +123,93 @@ def test_cpio_symlink_is_reported_not_followed(store: BlobStore, work: Path) -> 
 
 
 # --- encryption ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "build", [samples.rar4_stored, samples.rar5_stored], ids=["rar4", "rar5"]
-)  # fmt: skip
-def test_encrypted_rar_names_the_limit(store: BlobStore, build) -> None:
-    message = refused(store, build([("bin/true", TRUE_ELF)], encrypted=True), "locked.rar")
-    assert message.endswith(
-        "(locked.rar/bin/true: encrypted RAR entry: libarchive cannot decrypt RAR, so the 4 "
-        "known passwords could not be tried)"
+# unar reads encrypted RAR with the password list (unpacking/rar_unar.py); "infected" is
+# one of the 4 default passwords, "not-on-the-list" is none of them.
+RAR_ENCRYPTION = {"entries": "-p", "headers": "-hp"}
+
+
+@pytest.mark.parametrize("what", sorted(RAR_ENCRYPTION))
+def test_encrypted_rar5_opens_with_a_known_password(
+    store: BlobStore, work: Path, what: str
+) -> None:
+    data = samples.rar(work, {"bin/true": TRUE_ELF}, f"{RAR_ENCRYPTION[what]}infected")
+    report = unpack(store, data, "locked.rar")
+    [child] = report.children
+    assert (child.name, child.format, child.sha256) == ("locked.rar/bin/true", "ELF", TRUE_SHA)
+    assert report.archives[0]["type"] == "rar5"
+    assert store.read_bytes(child.sha256) == TRUE_ELF
+
+
+def test_encrypted_rar5_entry_with_an_unknown_password_is_named(
+    store: BlobStore, work: Path
+) -> None:
+    """An archive with a plain and a locked entry: the plain one is analysed, the locked
+    one is reported with unar's reason."""
+    samples.rar(work, {"plain/true": TRUE_ELF})
+    data = samples.rar(work, {"locked/true": TRUE_ELF + b"\0"}, "-pnot-on-the-list")
+    report = unpack(store, data, "mixed.rar")
+    assert [child.name for child in report.children] == ["mixed.rar/plain/true"]
+    reason = reasons(report)["mixed.rar/locked/true"]
+    assert reason.startswith(
+        "encrypted RAR entry: none of the 4 known passwords worked (unar: "
+    ), reason
+
+
+def test_rar5_with_encrypted_headers_and_an_unknown_password_is_refused(
+    store: BlobStore, work: Path
+) -> None:
+    data = samples.rar(work, {"bin/true": TRUE_ELF}, "-hpnot-on-the-list")
+    assert refused(store, data, "locked.rar") == (
+        "RAR archive with encrypted headers: none of the 4 known passwords worked"
     )
 
 
-def test_rar5_with_encrypted_headers_names_the_limit(store: BlobStore) -> None:
+def test_encrypted_rar5_bomb_is_refused(store: BlobStore, work: Path) -> None:
+    """64 MiB of zeros, encrypted: unar is stopped at the file-size limit the meter
+    leaves it, before the bytes reach the disk."""
+    data = samples.rar(work, {"zeros": bytes(64 * MiB)}, "-pinfected")
+    assert len(data) < 1 * MiB
+    message = refused(store, data, "bomb.rar")
+    assert BOMB in message, message
+
+
+def test_rar4_aes_entry_is_tried_with_every_password(store: BlobStore, work: Path) -> None:
+    """A RAR 4 entry encrypted for real (AES-128, RAR 3's key derivation; RARLAB's `rar`
+    extracts it with the password). Debian bookworm's unar 1.10.1 rejects this stored
+    AES entry with a checksum error even with the right password, so the entry is
+    reported with unar's reason: a clear refusal, never ciphertext analysed as a file."""
+    data = samples.rar4_stored([("bin/true", TRUE_ELF)], password="infected")
+    (work / "r4.rar").write_bytes(data)
+    samples._run("rar", "x", "-idq", "-pinfected", work / "r4.rar", f"{work / 'out'}/", cwd=work)
+    assert (work / "out" / "bin" / "true").read_bytes() == TRUE_ELF  # the file is right
+    message = refused(store, data, "locked.rar")
+    assert "(locked.rar/bin/true: encrypted RAR entry: none of the 4 known passwords worked " \
+           "(unar: " in message, message
+
+
+@pytest.mark.parametrize(
+    "build", [samples.rar4_stored, samples.rar5_stored], ids=["rar4", "rar5"]
+)  # fmt: skip
+def test_encrypted_rar_without_unar_names_the_limit(
+    store: BlobStore, build, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where unar is not installed (nothing on PATH here), the limit is named."""
+    monkeypatch.setenv("PATH", str(tmp_path / "work"))
+    message = refused(store, build([("bin/true", TRUE_ELF)], encrypted=True), "locked.rar")
+    assert message.endswith(
+        "(locked.rar/bin/true: encrypted RAR entry: libarchive cannot decrypt RAR and unar "
+        "is not installed, so the 4 known passwords could not be tried)"
+    )
+
+
+def test_rar5_with_encrypted_headers_without_unar_names_the_limit(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "work"))
     data = samples.rar5_stored([("bin/true", TRUE_ELF)], encrypted_headers=True)
     assert refused(store, data, "locked.rar") == (
-        "RAR 5 archive with encrypted headers: libarchive cannot decrypt RAR, so the 4 known "
-        "passwords could not be tried"
+        "RAR archive with encrypted headers: libarchive cannot decrypt RAR and unar is not "
+        "installed, so the 4 known passwords could not be tried"
     )
 
 
