@@ -12,7 +12,6 @@ tool's output in place (CAB, ISO, MSI), as a hostile sender would.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import struct
 import subprocess
@@ -20,6 +19,8 @@ import zlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from unpacking.rar4_crypt import rar3_key
 
 TRUE_ELF = Path("/bin/true").read_bytes()
 TOOLS = {"bsdtar": "libarchive-tools", "gcab": "gcab", "genisoimage": "genisoimage",
@@ -188,18 +189,10 @@ def rar4_stored(
 
 
 def rar3_encrypt(password: str, salt: bytes, data: bytes) -> bytes:
-    """RAR 3.x/4.x encryption: AES-128-CBC, key and IV from 2**18 rounds of SHA-1 over
-    the UTF-16LE password, the salt and a 3-byte counter (the IV from a byte of the
-    running digest every 2**14 rounds); the data zero-padded to the block size."""
-    seed, rounds = password.encode("utf-16-le") + salt, 1 << 18
-    sha, iv = hashlib.sha1(), bytearray()
-    for i in range(rounds):
-        sha.update(seed + i.to_bytes(3, "little"))
-        if i % (rounds // 16) == 0:
-            iv.append(sha.copy().digest()[19])
-    digest = sha.digest()
-    key = b"".join(digest[k : k + 4][::-1] for k in range(0, 16, 4))
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(bytes(iv))).encryptor()
+    """RAR 3.x/4.x encryption: AES-128-CBC with the product's key derivation (RARLAB's
+    `rar` extracting the result is what checks it), the data zero-padded to the block."""
+    key, iv = rar3_key(password, salt)
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     return encryptor.update(data + bytes(-len(data) % 16)) + encryptor.finalize()
 
 

@@ -173,33 +173,46 @@ def test_encrypted_rar5_bomb_is_refused(store: BlobStore, work: Path) -> None:
     assert BOMB in message, message
 
 
-def test_rar4_aes_entry_is_tried_with_every_password(store: BlobStore, work: Path) -> None:
-    """A RAR 4 entry encrypted for real (AES-128, RAR 3's key derivation; RARLAB's `rar`
-    extracts it with the password). Debian bookworm's unar 1.10.1 rejects this stored
-    AES entry with a checksum error even with the right password, so the entry is
-    reported with unar's reason: a clear refusal, never ciphertext analysed as a file."""
-    data = samples.rar4_stored([("bin/true", TRUE_ELF)], password="infected")
+def test_rar4_aes_entries_open_with_a_known_password(store: BlobStore, work: Path) -> None:
+    """RAR 4 entries encrypted for real (AES-128, RAR 3's key derivation; RARLAB's `rar`
+    extracts them, checked here), one of them too big for its block so that it is
+    padded: decrypted here, read by libarchive."""
+    files = [("bin/true", TRUE_ELF), ("bin/true2", TRUE_ELF + b"\0" * 5)]
+    data = samples.rar4_stored(files, password="virus")
     (work / "r4.rar").write_bytes(data)
-    samples._run("rar", "x", "-idq", "-pinfected", work / "r4.rar", f"{work / 'out'}/", cwd=work)
-    assert (work / "out" / "bin" / "true").read_bytes() == TRUE_ELF  # the file is right
+    samples._run("rar", "x", "-idq", "-pvirus", work / "r4.rar", f"{work / 'out'}/", cwd=work)
+    assert (work / "out" / "bin" / "true2").read_bytes() == files[1][1]
+    report = unpack(store, data, "locked.rar")
+    assert [(c.name, c.sha256) for c in report.children] == [
+        ("locked.rar/bin/true", TRUE_SHA),
+        ("locked.rar/bin/true2", hashlib.sha256(files[1][1]).hexdigest()),
+    ]
+    assert report.archives[0]["type"] == "rar"
+
+
+def test_rar4_aes_entry_with_an_unknown_password_is_named(store: BlobStore) -> None:
+    data = samples.rar4_stored([("bin/true", TRUE_ELF)], password="not-on-the-list")
     message = refused(store, data, "locked.rar")
-    assert "(locked.rar/bin/true: encrypted RAR entry: none of the 4 known passwords worked " \
-           "(unar: " in message, message
+    assert "(locked.rar/bin/true: encrypted RAR entry: none of the 4 known passwords " \
+           "worked (unar: " in message, message
 
 
-@pytest.mark.parametrize(
-    "build", [samples.rar4_stored, samples.rar5_stored], ids=["rar4", "rar5"]
-)  # fmt: skip
+@pytest.mark.parametrize("case", ["rar4", "rar5"])
 def test_encrypted_rar_without_unar_names_the_limit(
-    store: BlobStore, build, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: BlobStore, case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Where unar is not installed (nothing on PATH here), the limit is named."""
+    """Where unar is not installed (nothing on PATH here): RAR 4 is still tried with every
+    password (decrypted here; the flag is set, the data is not encrypted, so none
+    works), RAR 5 names the limit."""
     monkeypatch.setenv("PATH", str(tmp_path / "work"))
+    build = samples.rar4_stored if case == "rar4" else samples.rar5_stored
     message = refused(store, build([("bin/true", TRUE_ELF)], encrypted=True), "locked.rar")
-    assert message.endswith(
-        "(locked.rar/bin/true: encrypted RAR entry: libarchive cannot decrypt RAR and unar "
-        "is not installed, so the 4 known passwords could not be tried)"
-    )
+    assert message.endswith({
+        "rar4": "(locked.rar/bin/true: encrypted RAR entry: none of the 4 known passwords "
+                "worked)",
+        "rar5": "(locked.rar/bin/true: encrypted RAR entry: libarchive cannot decrypt RAR and "
+                "unar is not installed, so the 4 known passwords could not be tried)",
+    }[case]), message
 
 
 def test_rar5_with_encrypted_headers_without_unar_names_the_limit(

@@ -6,8 +6,10 @@ and nothing is written to a path taken from the container. libarchive is opened 
 exactly one format family and no decompression filters, so it never runs an external
 program and never guesses at a format the magic bytes did not name.
 
-libarchive (3.6/3.7) cannot decrypt RAR: a RAR with an encrypted entry, or whose headers
-are encrypted, is read by unar with the password list instead (unpacking.rar_unar); where
+libarchive (3.6/3.7) cannot decrypt RAR. A RAR 4 archive with encrypted entries is
+decrypted here with the password list (unpacking.rar4_crypt) and the copy read by
+libarchive; any other encrypted RAR (RAR 5, encrypted headers, or a RAR 4 none of the
+passwords decrypts) is read by unar with the password list (unpacking.rar_unar); where
 unar is not installed, the encrypted entries are reported as such, naming that limit.
 """
 
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import io
+import os
 import struct
+import tempfile
+import time
 from pathlib import Path
 
 import libarchive.ffi as ffi
@@ -24,6 +29,7 @@ from libarchive.exception import ArchiveError
 
 from unpacking.archives import (
     CHUNK,
+    Budget,
     CorruptArchive,
     LimitReached,
     Member,
@@ -32,7 +38,8 @@ from unpacking.archives import (
     Visitor,
 )
 from unpacking.formats import RAR5_MAGIC
-from unpacking.rar_unar import RarLock, read_encrypted_rar, unar_tools
+from unpacking.rar4_crypt import RAR4_MAGIC, decrypted_copy
+from unpacking.rar_unar import ARCHIVE_TIMEOUT_S, RarLock, read_encrypted_rar, unar_tools
 
 __all__ = ["CONTAINER_KINDS", "read_container"]
 
@@ -130,18 +137,74 @@ def _read_libarchive(
     kind: str, path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ...],
     spool_dir: Path, max_member_bytes: int,
 ) -> str:
-    encrypted: frozenset[str] = frozenset()
-    if kind == "rar":
-        lock = rar_lock(path)
-        if lock.locked and passwords and unar_tools() is not None:
-            return read_encrypted_rar(
-                path, lock, meter, visit, passwords, spool_dir, max_member_bytes
-            )
-        if lock.headers:
-            raise CorruptArchive(
-                f"RAR archive with encrypted headers: {_cannot_decrypt(len(passwords))}"
-            )
-        encrypted = lock.names
+    if kind != "rar":
+        return _read_libarchive_file(kind, path, meter, visit, passwords)
+    lock = rar_lock(path)
+    why = _cannot_decrypt(len(passwords))
+    if lock.names and not lock.headers and passwords and _is_rar4(path):
+        decrypted = _decrypt_rar4(path, meter, passwords, spool_dir, max_member_bytes)
+        if decrypted is not None:
+            try:
+                return _read_libarchive_file(kind, decrypted, meter, visit, passwords)
+            finally:
+                decrypted.unlink(missing_ok=True)
+        why = f"none of the {len(passwords)} known passwords worked"
+    if lock.locked and passwords and unar_tools() is not None:
+        return read_encrypted_rar(path, lock, meter, visit, passwords, spool_dir,
+                                  max_member_bytes)
+    if lock.headers:
+        raise CorruptArchive(f"RAR archive with encrypted headers: {why}")
+    return _read_libarchive_file(kind, path, meter, visit, passwords, lock.names,
+                                 f"encrypted RAR entry: {why}")
+
+
+def _is_rar4(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(7) == RAR4_MAGIC
+
+
+def _decrypt_rar4(
+    path: Path, meter: Meter, passwords: tuple[str, ...], spool_dir: Path,
+    max_member_bytes: int,
+) -> Path | None:
+    """A decrypted copy of the RAR 4 archive at `path` (unpacking.rar4_crypt) for the
+    first password whose copy libarchive reads without a CRC or data error, or None
+    when none does. The trial read drains every member under caps as large as the
+    meter's own; a cap it reaches is the archive's, whatever the password."""
+    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+    for password in passwords:
+        handle, name = tempfile.mkstemp(suffix=".rar", dir=spool_dir)
+        os.close(handle)
+        target = Path(name)
+        try:
+            decrypted_copy(path, password, target, deadline)
+            budget = Budget(meter.budget.max_total_bytes - meter.budget.bytes,
+                            meter.budget.max_entries - meter.budget.entries)
+            trial = Meter(budget, meter.compressed_size, meter.max_ratio)
+            _read_libarchive_file("rar", target, trial, _drain, ())
+            return target
+        except CorruptArchive:
+            target.unlink(missing_ok=True)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+    return None
+
+
+def _drain(member: Member) -> None:
+    if member.stream is not None:
+        while member.stream.read(CHUNK):
+            pass
+
+
+def _read_libarchive_file(
+    kind: str, path: Path, meter: Meter, visit: Visitor, passwords: tuple[str, ...],
+    encrypted: frozenset[str] = frozenset(), locked: str = "",
+) -> str:
+    """One libarchive pass over `path`. For RAR: `encrypted` names the entries to report
+    (libarchive 3.6 misses RAR 5's encryption record) and `locked` says why they cannot
+    be read."""
+    locked = locked or f"encrypted RAR entry: {_cannot_decrypt(len(passwords))}"
     archive_p = ffi.read_new()
     entry_p = ffi.entry_new()
     label = kind
@@ -164,10 +227,11 @@ def _read_libarchive(
             if status not in (_ARCHIVE_OK, _ARCHIVE_WARN):
                 reason = _error(archive_p)
                 if kind == "rar" and "ncrypt" in reason:
-                    reason = f"{reason}: {_rar_encrypted(len(passwords))}"
+                    reason = f"{reason}: {locked}"
                 raise CorruptArchive(_corrupt(label, meter, reason))
             meter.entry()
-            _visit_entry(archive_p, entry_p, label, meter, visit, len(passwords), encrypted)
+            _visit_entry(archive_p, entry_p, label, meter, visit, len(passwords), encrypted,
+                         locked)
         return label
     finally:
         ffi.entry_free(entry_p)
@@ -195,6 +259,7 @@ def _visit_entry(
     visit: Visitor,
     passwords: int,
     encrypted: frozenset[str],
+    locked: str,
 ) -> None:
     name = _text(_lib.archive_entry_pathname(entry_p))
     kind = _lib.archive_entry_filetype(entry_p) & S_IFMT
@@ -211,7 +276,7 @@ def _visit_entry(
     elif label.startswith("rar") and (
         _lib.archive_entry_is_encrypted(entry_p) or name in encrypted
     ):
-        visit(Member(name, problem=_rar_encrypted(passwords)))
+        visit(Member(name, problem=locked))
     else:
         stream = Metered(_EntryData(archive_p, label), meter)
         try:
@@ -226,10 +291,6 @@ def _visit_entry(
             raise CorruptArchive(_corrupt(label, meter, str(exc))) from exc
 
 
-def _rar_encrypted(passwords: int) -> str:
-    return f"encrypted RAR entry: {_cannot_decrypt(passwords)}"
-
-
 def _cannot_decrypt(passwords: int) -> str:
     if not passwords:
         return "no archive passwords are configured"
@@ -240,7 +301,6 @@ def _cannot_decrypt(passwords: int) -> str:
 # --- RAR encryption, read from the headers (libarchive 3.6 misses RAR 5's) -----------------
 RAR_MAX_HEADERS = 100_000
 RAR5_MAX_HEADER = 2 << 20  # RAR 5 itself limits a header to 2 MiB
-RAR4_MAGIC = b"Rar!\x1a\x07\x00"
 
 
 def rar_lock(path: Path) -> RarLock:
