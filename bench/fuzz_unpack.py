@@ -70,6 +70,9 @@ def unpack_seeds(work: Path) -> dict[str, bytes]:
         "rar4": samples.rar4_stored([("bin/true", TRUE_ELF), ("dir/x", b"x")]),
         "rar5": samples.rar5_stored([("bin/true", TRUE_ELF), ("dir/x", b"x")]),
         "rar5-encrypted": samples.rar5_stored([("true", TRUE_ELF)], encrypted=True),
+        "rar4-aes": samples.rar4_stored([("bin/true", TRUE_ELF)], password="infected"),
+        "rar5-rar-p": samples.rar(work, one, "-pinfected", out="p.rar"),
+        "rar5-rar-hp": samples.rar(work, one, "-hpinfected", out="hp.rar"),
         "cab": samples.cab(work, one),
         "cab-stored": samples.cab(work, one, compress=False),
         "iso": samples.iso(work, one),
@@ -298,13 +301,14 @@ def minimise(target: str, path: Path, out: Path) -> Path:
     return out if out.exists() and out.stat().st_size else path
 
 
-def drive(targets: list[str], seconds: int, timeout: int) -> dict:
+def drive(targets: list[str], seconds: int, timeout: int, only: str = "") -> dict:
     work = Path(tempfile.mkdtemp(prefix="fuzz-driver-"))
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "command": " ".join(["nice -n 10 .venv/bin/python bench/fuzz_unpack.py",
                                          f"--seconds {seconds * len(targets)}",
                                          f"--targets {','.join(targets)}",
-                                         f"--timeout {timeout}"]),
+                                         f"--timeout {timeout}",
+                                         *([f"--only-seeds {only}"] if only else [])]),
                     "targets": {}}  # fmt: skip
     try:
         for target in targets:
@@ -313,6 +317,7 @@ def drive(targets: list[str], seconds: int, timeout: int) -> dict:
             for folder in (corpus, seed_dir, artifacts):
                 folder.mkdir(parents=True)
             seeds = unpack_seeds(base) if target == "unpack" else upload_seeds()
+            seeds = {k: v for k, v in seeds.items() if k.startswith(only)}
             for name, data in seeds.items():
                 (seed_dir / name).write_bytes(data)
             (base / "dict").write_text(
@@ -381,9 +386,11 @@ def main() -> None:
     parser.add_argument("--targets", default="unpack,upload")
     parser.add_argument("--timeout", type=int, default=90, help="seconds one input may take")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
+    parser.add_argument("--only-seeds", default="", metavar="PREFIX",
+                        help="start from the seeds whose names begin so (e.g. rar)")
     args = parser.parse_args()
     targets = args.targets.split(",")
-    result = drive(targets, args.seconds // len(targets), args.timeout)
+    result = drive(targets, args.seconds // len(targets), args.timeout, args.only_seeds)
     if args.out != OUT_JSON:
         result["command"] += f" --out {args.out}"
     args.out.write_text(json.dumps(result, indent=1) + "\n")
