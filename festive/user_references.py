@@ -11,12 +11,12 @@ engine with the set.
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from festive import npz
 
 VECTORS_FORMAT = "festive-user-reference/1"
 
@@ -32,25 +32,16 @@ class ReferenceVectors:
 
 def encode(ref: ReferenceVectors) -> bytes:
     """The npz bytes of one reference."""
-    header = {"format": VECTORS_FORMAT, "names": ref.names, "arch": ref.arch,
-              "weights_sha256": ref.weights_sha256}
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf, vectors=np.asarray(ref.vectors, np.float16),
-        blocks=np.asarray(ref.blocks, np.int32),
-        header=np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
-    )
-    return buf.getvalue()
+    header = {"names": ref.names, "arch": ref.arch, "weights_sha256": ref.weights_sha256}
+    return npz.pack(VECTORS_FORMAT, header, vectors=np.asarray(ref.vectors, np.float16),
+                    blocks=np.asarray(ref.blocks, np.int32))
 
 
 def decode(data: bytes) -> ReferenceVectors:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        header = json.loads(z["header"].tobytes().decode())
-        if header.get("format") != VECTORS_FORMAT:
-            raise ValueError(f"not a {VECTORS_FORMAT} blob (found {header.get('format')!r})")
-        return ReferenceVectors(z["vectors"].astype(np.float32), list(header["names"]),
-                                z["blocks"].astype(np.int32), str(header["arch"]),
-                                str(header["weights_sha256"]))
+    header, arrays = npz.unpack(data, VECTORS_FORMAT)
+    return ReferenceVectors(arrays["vectors"].astype(np.float32), list(header["names"]),
+                            arrays["blocks"].astype(np.int32), str(header["arch"]),
+                            str(header["weights_sha256"]))
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ functions they share with the one asked about:
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from festive import npz
 from festive.attribution.search import Quantised, numpy_topk
 
 FORMAT = "festive-sample-functions/1"
@@ -59,29 +58,20 @@ class SampleFunctions:
 def encode(sample: SampleFunctions) -> bytes:
     children = sorted({f.child_sha256 for f in sample.functions})
     position = {c: i for i, c in enumerate(children)}
-    header = {"format": FORMAT, "weights_sha256": sample.weights_sha256,
-              "children": children,
+    header = {"weights_sha256": sample.weights_sha256, "children": children,
               "functions": [[position[f.child_sha256], f.address, f.name]
                             for f in sample.functions]}
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf, codes=sample.vectors.codes, scale=sample.vectors.scale,
-        blocks=np.asarray([f.blocks for f in sample.functions], np.int32),
-        header=np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
-    )
-    return buf.getvalue()
+    return npz.pack(FORMAT, header, codes=sample.vectors.codes, scale=sample.vectors.scale,
+                    blocks=np.asarray([f.blocks for f in sample.functions], np.int32))
 
 
 def decode(data: bytes) -> SampleFunctions:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        header = json.loads(z["header"].tobytes().decode())
-        if header.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} blob (found {header.get('format')!r})")
-        children = header["children"]
-        blocks = z["blocks"].astype(np.int64)
-        functions = [Function(children[c], str(addr), str(name), int(b))
-                     for (c, addr, name), b in zip(header["functions"], blocks, strict=True)]
-        vectors = Quantised(z["codes"].astype(np.int8), z["scale"].astype(np.float32))
+    header, arrays = npz.unpack(data, FORMAT)
+    children = header["children"]
+    blocks = arrays["blocks"].astype(np.int64)
+    functions = [Function(children[c], str(addr), str(name), int(b))
+                 for (c, addr, name), b in zip(header["functions"], blocks, strict=True)]
+    vectors = Quantised(arrays["codes"].astype(np.int8), arrays["scale"].astype(np.float32))
     if vectors.codes.ndim != 2 or len(vectors.codes) != len(functions):
         raise ValueError("sample functions: vectors and functions differ in number")
     return SampleFunctions(vectors, functions, str(header["weights_sha256"]))
