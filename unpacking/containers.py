@@ -142,7 +142,7 @@ def _read_libarchive(
     lock = rar_lock(path)
     why = _cannot_decrypt(len(passwords))
     if lock.names and not lock.headers and passwords and _is_rar4(path):
-        decrypted = _decrypt_rar4(path, meter, passwords, spool_dir, max_member_bytes)
+        decrypted = _decrypt_rar4(path, meter, passwords, spool_dir)
         if decrypted is not None:
             try:
                 return _read_libarchive_file(kind, decrypted, meter, visit, passwords)
@@ -164,8 +164,7 @@ def _is_rar4(path: Path) -> bool:
 
 
 def _decrypt_rar4(
-    path: Path, meter: Meter, passwords: tuple[str, ...], spool_dir: Path,
-    max_member_bytes: int,
+    path: Path, meter: Meter, passwords: tuple[str, ...], spool_dir: Path
 ) -> Path | None:
     """A decrypted copy of the RAR 4 archive at `path` (unpacking.rar4_crypt) for the
     first password whose copy libarchive reads without a CRC or data error, or None
@@ -175,19 +174,20 @@ def _decrypt_rar4(
     for password in passwords:
         handle, name = tempfile.mkstemp(suffix=".rar", dir=spool_dir)
         os.close(handle)
-        target = Path(name)
+        target, kept = Path(name), False
         try:
             decrypted_copy(path, password, target, deadline)
             budget = Budget(meter.budget.max_total_bytes - meter.budget.bytes,
                             meter.budget.max_entries - meter.budget.entries)
             trial = Meter(budget, meter.compressed_size, meter.max_ratio)
             _read_libarchive_file("rar", target, trial, _drain, ())
+            kept = True
             return target
         except CorruptArchive:
-            target.unlink(missing_ok=True)
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
+            continue  # a wrong password (or a layout the copy cannot follow)
+        finally:
+            if not kept:
+                target.unlink(missing_ok=True)
     return None
 
 
