@@ -5,9 +5,12 @@ encrypted entries RARLAB's own `rar` extracts. RAR 4 encrypts each file's packed
 alone (AES-128-CBC; key and IV from the password and the file's salt, RAR 3's key
 derivation), while the block headers stay readable unless the archive says otherwise.
 So `decrypted_copy` writes a copy of the archive with every encrypted file's data
-decrypted and its password and salt flags cleared, for a password from the list; the
-caller checks the copy (libarchive verifies every file's CRC) before trusting it.
+decrypted and its password and salt flags cleared, for a password from the list. A
+stored file's CRC is checked here (libarchive does not check stored data); the caller
+reads the copy once before trusting it, where libarchive checks compressed files' CRCs.
 Archives whose headers are encrypted are not handled here (unpacking.rar_unar).
+RAR 3's own SHA-1 rewrote its input for passwords of about 28 characters and more; that
+quirk is not reproduced, so such passwords would not open (the defaults are short).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ STORED = 0x30
 def rar3_key(password: str, salt: bytes) -> tuple[bytes, bytes]:
     """(AES-128 key, IV): SHA-1 over the UTF-16LE password, the salt and a 3-byte round
     counter, 2**18 rounds; a byte of the running digest every 2**14 rounds is the IV;
-    the final digest's first four words, each byte-reversed, the key. (RAR's 3.x
-    technote; RARLAB's `rar` extracts what this encrypts, tests/container_samples.py.)"""
+    the final digest's first four words, each byte-reversed, the key. (RARLAB's `rar`
+    extracting what this encrypts is the check: tests/container_samples.py.)"""
     seed = password.encode("utf-16-le") + salt
     sha, iv = hashlib.sha1(), bytearray()
     for i in range(KDF_ROUNDS):
