@@ -215,6 +215,132 @@ def _runtime_paths() -> list[str]:
 
 
 # --- running ----------------------------------------------------------------------------
+class Spawned:
+    """A contained child that is running and may not have its job yet (sandbox/warm.py
+    starts it early). `finish` hands it its job and sees it to its end; `kill` ends an
+    unused one. Either way its process group and memory cgroup are gone afterwards."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sandbox: str, group: Path | None,
+                 scratch: Path) -> None:
+        self.proc, self.sandbox, self.group, self.scratch = proc, sandbox, group, scratch
+        self._stderr = bytearray()
+        self._stderr_task = asyncio.ensure_future(
+            _read_capped(proc.stderr, self._stderr))  # type: ignore[arg-type]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def finish(
+        self, job: bytes | None, limits: Limits,
+        tick: Callable[[str], None] = lambda _line: None, heartbeat_s: float = HEARTBEAT_S,
+    ) -> Finished:
+        """Write `job` (None: nothing) to its stdin, close that, and wait for its end,
+        calling `tick` with its last stdout line at least every `heartbeat_s`. The wall
+        clock limit `limits.time_s` counts from now. On cancellation or any error the
+        child is killed before this returns or raises; on its time limit too
+        (timed_out=True)."""
+        try:
+            await self._deliver(job)
+            return await self._watch(limits, tick, heartbeat_s)
+        finally:
+            await self.kill()
+
+    async def _deliver(self, job: bytes | None) -> None:
+        stdin = self.proc.stdin
+        if stdin is None:
+            return
+        # a child that died already is seen by _watch (its exit code and stderr)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if job is not None:
+                stdin.write(job)
+                await stdin.drain()
+            stdin.close()
+
+    async def _watch(self, limits: Limits, tick: Callable[[str], None],
+                     heartbeat_s: float) -> Finished:
+        proc = self.proc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.time_s
+        last_line, pending = "", b""
+        peak_vm = peak_rss = 0
+        timed_out = False
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(proc.stdout.read(1 << 16), heartbeat_s)  # type: ignore[union-attr]
+                except TimeoutError:
+                    chunk = None
+                if chunk == b"" or (chunk is None and proc.returncode is not None):
+                    break  # done (a process it left behind may hold the pipe open: not waited for)
+                if chunk:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    pending = pending[-4096:]
+                    if lines and lines[-1].strip():
+                        last_line = lines[-1].decode(errors="replace").strip()[-4096:]
+                vm, rss = _peaks(proc.pid)
+                peak_vm, peak_rss = max(peak_vm, vm), max(peak_rss, rss)
+                tick(last_line)
+                if loop.time() > deadline:
+                    timed_out = True
+                    break
+            if not timed_out:
+                await proc.wait()
+        finally:
+            # Cancelled, timed out or failed: never leave it running; after a normal exit,
+            # nothing it started may outlive it either.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        code = await proc.wait()
+        with contextlib.suppress(TimeoutError):  # what it left behind may hold stderr open
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 2.0)
+        self._stderr_task.cancel()
+        errors = self._stderr.decode(errors="replace")
+        if (code == 1 and errors.startswith("bwrap:")) or (
+            code == EXIT_SETUP and errors.startswith("sandbox.rlimits:")
+        ):
+            raise SandboxUnavailable(f"the sandbox could not start the child: {errors.strip()}")
+        if self.sandbox == "bwrap":
+            if code > 128 and code - 128 in signal.Signals._value2member_map_:
+                code = -(code - 128)  # bwrap reports a child's death by signal as 128 + signal
+        if pending.strip():
+            last_line = pending.decode(errors="replace").strip()[-4096:]
+        memory_exceeded = self.group is not None and cgroup.oom_killed(self.group)
+        return Finished(code, errors, timed_out, last_line, peak_vm, peak_rss, memory_exceeded)
+
+    async def kill(self) -> None:
+        """End the child and all it started, and remove its cgroup (idempotent)."""
+        if self.proc.returncode is None:  # once reaped, its pid may be another's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        self._stderr_task.cancel()
+        group, self.group = self.group, None
+        if group is not None:
+            await _empty(group)
+
+
+async def spawn(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] = (),
+                limits: Limits) -> Spawned:
+    """Start `argv` contained, its stdin a pipe for the job (Spawned.finish)."""
+    sandbox = mode()
+    memory_group = cgroup.parent()
+    group = cgroup.create(memory_group, limits.memory_bytes) if memory_group else None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command(argv, scratch, inputs, limits, sandbox, group), cwd=PROJECT_ROOT,
+            env=child_env(scratch), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own session and process group (set in C, not Python)
+        )
+    except BaseException:
+        if group is not None:
+            await _empty(group)
+        raise
+    return Spawned(proc, sandbox, group, scratch)
+
+
 async def run(
     argv: Sequence[str],
     *,
@@ -224,87 +350,25 @@ async def run(
     tick: Callable[[str], None] = lambda _line: None,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> Finished:
-    """Run `argv` contained, calling `tick` with its last stdout line at least every
-    `heartbeat_s` (heartbeats go on, so a cancel is seen). On cancellation (an
-    asyncio.CancelledError raised here) or any error the child's whole process group is
-    killed before this returns or raises; on its time limit too (timed_out=True)."""
-    sandbox = mode()
-    memory_group = cgroup.parent()
-    group = cgroup.create(memory_group, limits.memory_bytes) if memory_group else None
-    try:
-        return await _run(command(argv, scratch, inputs, limits, sandbox, group), scratch,
-                          limits, sandbox, tick, heartbeat_s, group)
-    finally:
-        if group is not None:
-            # What escaped the process group (a new session) is still in the cgroup.
-            for pid in cgroup.processes(group).split():
-                with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            for _ in range(50):  # the killed processes may take a moment to leave it
-                if not cgroup.processes(group):
-                    break
-                await asyncio.sleep(0.1)
-            cgroup.remove(group)
+    """Run `argv` contained (stdin empty), calling `tick` with its last stdout line at
+    least every `heartbeat_s` (heartbeats go on, so a cancel is seen). On cancellation
+    (an asyncio.CancelledError raised here) or any error the child's whole process group
+    is killed before this returns or raises; on its time limit too (timed_out=True)."""
+    child = await spawn(argv, scratch=scratch, inputs=inputs, limits=limits)
+    return await child.finish(None, limits, tick, heartbeat_s)
 
 
-async def _run(full: list[str], scratch: Path, limits: Limits, sandbox: str,
-               tick: Callable[[str], None], heartbeat_s: float,
-               group: Path | None) -> Finished:
-    proc = await asyncio.create_subprocess_exec(
-        *full, cwd=PROJECT_ROOT, env=child_env(scratch), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own session and process group (set in C, not Python)
-    )
-    stderr = bytearray()
-    stderr_task = asyncio.ensure_future(_read_capped(proc.stderr, stderr))  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.time_s
-    last_line, pending = "", b""
-    peak_vm = peak_rss = 0
-    timed_out = False
-    try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(proc.stdout.read(1 << 16), heartbeat_s)  # type: ignore[union-attr]
-            except TimeoutError:
-                chunk = None
-            if chunk == b"" or (chunk is None and proc.returncode is not None):
-                break  # done (a process it left behind may hold the pipe open: not waited for)
-            if chunk:
-                *lines, pending = (pending + chunk).split(b"\n")
-                pending = pending[-4096:]
-                if lines and lines[-1].strip():
-                    last_line = lines[-1].decode(errors="replace").strip()[-4096:]
-            vm, rss = _peaks(proc.pid)
-            peak_vm, peak_rss = max(peak_vm, vm), max(peak_rss, rss)
-            tick(last_line)
-            if loop.time() > deadline:
-                timed_out = True
-                break
-        if not timed_out:
-            await proc.wait()
-    finally:
-        # Cancelled, timed out or failed: never leave it running; after a normal exit,
-        # nothing it started may outlive it either.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-    code = await proc.wait()
-    with contextlib.suppress(TimeoutError):  # what it left behind may hold stderr open
-        await asyncio.wait_for(asyncio.shield(stderr_task), 2.0)
-    stderr_task.cancel()
-    errors = stderr.decode(errors="replace")
-    if (code == 1 and errors.startswith("bwrap:")) or (
-        code == EXIT_SETUP and errors.startswith("sandbox.rlimits:")
-    ):
-        raise SandboxUnavailable(f"the sandbox could not start the child: {errors.strip()}")
-    if sandbox == "bwrap":
-        if code > 128 and code - 128 in signal.Signals._value2member_map_:
-            code = -(code - 128)  # bwrap reports a child's death by signal as 128 + signal
-    if pending.strip():
-        last_line = pending.decode(errors="replace").strip()[-4096:]
-    memory_exceeded = group is not None and cgroup.oom_killed(group)
-    return Finished(code, errors, timed_out, last_line, peak_vm, peak_rss, memory_exceeded)
+async def _empty(group: Path) -> None:
+    """Kill what is left in a child's cgroup (what escaped its process group, a new
+    session) and remove the cgroup."""
+    for pid in cgroup.processes(group).split():
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    for _ in range(50):  # the killed processes may take a moment to leave it
+        if not cgroup.processes(group):
+            break
+        await asyncio.sleep(0.1)
+    cgroup.remove(group)
 
 
 def run_blocking(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] = (),
