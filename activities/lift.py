@@ -1,5 +1,5 @@
 """Lift stage: angr CFGFast on one binary, in a sandboxed child process (sandbox/) with
-memory and time limits.
+memory and time limits, started ahead of its job (sandbox/warm.py).
 
 A child per binary (rather than a shared pool) means a crafted sample that crashes,
 hangs or bloats angr takes down only its own process, and a revoke can kill it at once.
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
+import shutil
 import signal
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,22 @@ from common.failures import STORAGE_FULL
 from festive.v1.packed import PACK_VERSION, from_bytes
 from lifting.angr_lift import LIFT_CACHE_KIND
 from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED, FEATURES_SUFFIX
-from sandbox import Limits, SandboxUnavailable, run
+from sandbox import Limits, SandboxUnavailable
+from sandbox.warm import CHILDREN_DIR, Child, Children
 from store.blobs import BlobStore
 
 
 class Lift:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        settings = deps.settings
+        # lift children started ahead of their job (angr imported while the worker waits)
+        self.children = Children(
+            "lifting.child", deps.blobs.scratch / CHILDREN_DIR,
+            Limits(memory_bytes=settings.lift_memory_mb * 1024 * 1024,
+                   time_s=settings.lift_timeout_s),
+            keep=settings.warm_children, prefix="lift-",
+        )
 
     @activity.defn(name="lift_binary")
     async def lift_binary(self, request: LiftRequest) -> LiftResult:
@@ -49,10 +58,16 @@ class Lift:
             metrics.count(meter, metrics.LIFTS, cached="true")
             return LiftResult(child, cached, arch, count, cached=True)
 
-        with tempfile.TemporaryDirectory(dir=blobs.scratch, prefix="lift-") as work:
-            out = Path(work) / "lift.json.gz"
-            async with blobs.local_copy_async(child.sha256) as sample:
-                await self._run_child(str(sample), str(out), child.name)
+        try:
+            contained = await self.children.take()
+        except SandboxUnavailable as exc:  # the machine's problem: retried, maybe elsewhere
+            raise ApplicationError(str(exc), type="SandboxUnavailable") from exc
+        async with contained:
+            sample = contained.inbox / "sample"
+            async with blobs.local_copy_async(child.sha256) as stored:
+                await asyncio.to_thread(_place, Path(stored), sample)
+            out = contained.scratch / "lift.json.gz"
+            await self._run_child(contained, str(sample), str(out), child.name)
             lift_sha, _ = await asyncio.to_thread(blobs.put_file, out)
             features = Path(str(out) + FEATURES_SUFFIX)
             packed = features.read_bytes() if features.exists() else None
@@ -67,14 +82,12 @@ class Lift:
         metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
         return LiftResult(child, lift_sha, arch, count, cached=False)
 
-    async def _run_child(self, sample: str, out: str, name: str) -> None:
+    async def _run_child(self, contained: Child, sample: str, out: str, name: str) -> None:
         settings = self.deps.settings
         memory = settings.lift_memory_mb * 1024 * 1024
         try:
-            done = await run(
-                [sys.executable, "-m", "lifting.child", sample, out],
-                scratch=Path(out).parent, inputs=[Path(sample)],
-                limits=Limits(memory_bytes=memory, time_s=settings.lift_timeout_s),
+            done = await contained.run(
+                [sample, out],
                 tick=lambda line: activity.heartbeat(f"{name}: {line or 'starting angr'}"),
             )
         except SandboxUnavailable as exc:  # the machine's problem: retried, maybe elsewhere
@@ -96,6 +109,15 @@ class Lift:
         _raise_for_exit(done.code, done.stderr, name, settings.lift_memory_mb,
                         near_memory_limit=done.memory_exceeded
                         or done.peak_vm_bytes >= 0.8 * memory)
+
+
+def _place(stored: Path, inbox_path: Path) -> None:
+    """The sample into a child's inbox: a hard link to the stored copy where the two
+    share a file system (no bytes copied), else a copy."""
+    try:
+        os.link(stored, inbox_path)
+    except OSError:
+        shutil.copyfile(stored, inbox_path)
 
 
 def _lift_summary(blobs: BlobStore, lift_sha256: str) -> tuple[str, int]:

@@ -13,7 +13,15 @@ from activities.deps import Deps
 from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
 from common.failures import STORAGE_FULL
 from sandbox import SandboxUnavailable
-from unpacking.contained import ChildLimits, UnpackFailed, UnpackNoSpace, unpack_contained
+from sandbox.warm import CHILDREN_DIR, Children
+from unpacking.contained import (
+    CHILD_MODULE,
+    ChildLimits,
+    UnpackFailed,
+    UnpackNoSpace,
+    child_limits,
+    unpack_contained,
+)
 from unpacking.extract import BadSample, UnpackLimits
 
 
@@ -21,6 +29,13 @@ class Unpack:
     def __init__(self, deps: Deps, limits: UnpackLimits | None = None) -> None:
         self.deps = deps
         self.limits = limits or UnpackLimits()
+        settings = deps.settings
+        self.child = ChildLimits(memory_mb=settings.unpack_memory_mb,
+                                 timeout_s=settings.unpack_timeout_s)
+        # unpack children started ahead of their job (sandbox/warm.py)
+        self.children = Children(CHILD_MODULE, deps.blobs.scratch / CHILDREN_DIR,
+                                 child_limits(self.limits, self.child),
+                                 keep=settings.warm_children, prefix="unpack-")
 
     @activity.defn(name="unpack_sample")
     async def unpack_sample(self, request: AnalyzeRequest) -> UnpackResult:
@@ -32,13 +47,10 @@ class Unpack:
                 f"sample {request.sha256} is not in the blob store at {blobs.location}",
                 type="MissingSample",
             )
-        settings = self.deps.settings
-        child = ChildLimits(memory_mb=settings.unpack_memory_mb,
-                            timeout_s=settings.unpack_timeout_s)
         try:
             report = await unpack_contained(
-                blobs, request.sha256, self.limits, child, name=request.filename or None,
-                tick=lambda _line: activity.heartbeat("unpacking"),
+                blobs, request.sha256, self.limits, self.child, name=request.filename or None,
+                tick=lambda _line: activity.heartbeat("unpacking"), started=self.children,
             )
         except BadSample as exc:
             raise ApplicationError(str(exc), type=BAD_SAMPLE, non_retryable=True) from exc

@@ -76,6 +76,7 @@ _BOUNDS: tuple[tuple[str, str, float, float], ...] = (
     ("orchestration_slots", "AE_ORCHESTRATION_SLOTS", 1, 10_000),
     ("gpu_slots", "AE_GPU_SLOTS", 1, 1_000),
     ("cpu_slots", "AE_CPU_SLOTS", 1, 1_000),
+    ("warm_children", "AE_WARM_CHILDREN", 0, 64),
     ("max_upload_bytes", "AE_MAX_UPLOAD_BYTES", 1, math.inf),
     ("lift_timeout_s", "AE_LIFT_TIMEOUT_S", 1, math.inf),
     ("lift_memory_mb", "AE_LIFT_MEMORY_MB", 64, math.inf),
@@ -152,6 +153,9 @@ class Settings:
         default_factory=lambda: _env_int("AE_UNPACK_MEMORY_MB", 2048)
     )
     cpu_slots: int = field(default_factory=lambda: _env_int("AE_CPU_SLOTS", os.cpu_count() or 1))
+    # Unpack and lift children each cpu worker keeps started ahead of their job
+    # (sandbox/warm.py): Python and angr are imported while the worker waits. 0: none.
+    warm_children: int = field(default_factory=lambda: _env_int("AE_WARM_CHILDREN", 1))
     graceful_shutdown_s: int = field(
         default_factory=lambda: _env_int("AE_GRACEFUL_SHUTDOWN_S", 10)
     )

@@ -3,7 +3,8 @@
 `python -m lifting.child SAMPLE OUT`: writes the lift as gzipped JSON to OUT and the
 v1 graphs of its functions (festive.v1.packed) to OUT + FEATURES_SUFFIX, prints progress
 lines on stdout and, on failure, one line `ERROR <message>` on stderr.
-Exit codes tell the parent what happened (see EXIT_*).
+Exit codes tell the parent what happened (see EXIT_*). The worker starts it ahead of its
+job through sandbox/serve.py, which calls `prepare` first.
 
 After one CFG recovery, functions are lifted and featurised by AE_LIFT_WORKERS forked
 processes (default: the CPUs this process may run on) in chunks of AE_LIFT_CHUNK.
@@ -49,6 +50,14 @@ def main(argv: list[str]) -> int:
         if isinstance(exc, RecursionError):
             return _fail(f"angr recursed too deep on this binary: {exc}", EXIT_CRASH)
         return _fail(f"angr failed: {type(exc).__name__}: {exc}"[:2000], EXIT_CRASH)
+
+
+def prepare() -> None:
+    """The imports of a lift, done before the sample arrives (sandbox/serve.py)."""
+    import angr  # noqa: F401 - loaded now, used by lifting.angr_lift
+
+    import festive.v1.packed  # noqa: F401
+    import lifting.angr_lift  # noqa: F401
 
 
 def _lift(sample: str, out: str) -> int:

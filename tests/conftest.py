@@ -26,7 +26,7 @@ from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
 from tests.postgres import LocalPostgres, local_postgres
 from tests.s3 import LocalS3, local_s3
-from worker.main import build_workers
+from worker.main import serving
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
 ZLIB_STATIC = Path("/usr/lib/x86_64-linux-gnu/libz.a")
@@ -99,10 +99,7 @@ async def client(temporal_env: WorkflowEnvironment) -> Client:
 @contextlib.asynccontextmanager
 async def running_workers(client: Client, settings: Settings) -> AsyncIterator[None]:
     """Workers of every role, in this process, until the block ends."""
-    running = await build_workers(client, settings, ["orchestration", "cpu", "gpu"])
-    async with contextlib.AsyncExitStack() as stack:
-        for worker in running:
-            await stack.enter_async_context(worker)
+    async with serving(client, settings, ["orchestration", "cpu", "gpu"]):
         yield
 
 
@@ -166,28 +163,42 @@ async def wait_for_final(
 
 
 def lift_children(parent_pid: int) -> list[int]:
-    """Pids of the angr child processes (lifting.child) below one process: the Python
-    process running angr first, then what holds it (bwrap, its PID namespace's init)."""
+    """Pids of the angr child processes (lifting.child) at work below one process: the
+    Python processes running angr first, then what holds them (bwrap, its PID namespace's
+    init). A child started ahead of its job (sandbox/warm.py) counts once it has its job:
+    it then names itself lifting.child (sandbox/serve.py)."""
     parents: dict[int, int] = {}
     commands: dict[int, bytes] = {}
+    names: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
             commands[int(entry.name)] = (entry / "cmdline").read_bytes()
+            names[int(entry.name)] = (entry / "comm").read_text().strip()
         except OSError:
             continue
         parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
 
-    def below(pid: int) -> bool:
+    def ancestors(pid: int) -> list[int] | None:
+        """The processes between `pid` and parent_pid, or None when it is not below it."""
+        found = []
         for _ in range(64):
             pid = parents.get(pid, 0)
             if pid == parent_pid:
-                return True
+                return found
             if pid <= 1:
-                return False
-        return False
+                return None
+            found.append(pid)
+        return None
 
-    found = [pid for pid, cmd in commands.items() if b"lifting.child" in cmd and below(pid)]
+    busy = {pid for pid, cmd in commands.items()
+            if names.get(pid) == "lifting.child"
+            or (b"lifting.child" in cmd and b"sandbox.serve" not in cmd)}
+    found: set[int] = set()
+    for pid in busy:
+        above = ancestors(pid)
+        if above is not None:
+            found |= {pid, *(p for p in above if b"lifting.child" in commands.get(p, b""))}
     return sorted(found, key=lambda pid: commands[pid].split(b"\0")[0].endswith(b"bwrap"))

@@ -29,6 +29,7 @@ from common.config import PROJECT_ROOT, Settings
 from common.contracts import MODEL_NAME, workflow_id
 from common.failures import STORAGE_FULL
 from lifting.child import EXIT_NO_SPACE
+from sandbox.warm import CHILDREN_DIR
 from tests.conftest import (
     api_client,
     compile_c,
@@ -85,9 +86,17 @@ def disk_settings(disk: Path, database: Path) -> Settings:
 
 
 def leftovers(settings: Settings) -> list[str]:
-    """Files in the blob store's scratch directory (temporary files of writes)."""
+    """Files in the blob store's scratch directory (temporary files of writes), but for
+    the directory of the children started ahead of their jobs (see children_dirs)."""
     scratch = settings.blob_dir / "tmp"
-    return sorted(p.name for p in scratch.iterdir()) if scratch.exists() else []
+    return sorted(p.name for p in scratch.iterdir()
+                  if p.name != CHILDREN_DIR) if scratch.exists() else []
+
+
+def children_dirs(settings: Settings) -> list[str]:
+    """The scratch directories of unpack and lift children (sandbox/warm.py)."""
+    root = settings.blob_dir / "tmp" / CHILDREN_DIR
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
 def blob_files(settings: Settings) -> list[Path]:
@@ -155,6 +164,8 @@ async def test_analysis_waits_for_space_and_resumes(
             final = await wait_for_final(api, sha256, timeout_s=600)
             assert final["status"][MODEL_NAME] == "SUCCESS", final
             assert leftovers(settings) == []
+        # the workers are gone: so are their children and the children's directories
+        assert children_dirs(settings) == []
 
 
 async def _storage_failure(handle: Any, timeout_s: float) -> Any:

@@ -16,13 +16,12 @@ import json
 import os
 import signal
 import stat
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sandbox import Finished, Limits, SandboxUnavailable, run
+from sandbox import Finished, Limits, SandboxUnavailable
+from sandbox.warm import CHILDREN_DIR, Children, start
 from store.blobs import CHUNK, BlobStore, is_sha256
 from store.blobs_local import LocalBlobStore
 from unpacking.child import (
@@ -37,6 +36,7 @@ from unpacking.child import (
 from unpacking.extract import BadSample, Child, UnpackLimits, UnpackReport
 
 MiB = 1 << 20
+CHILD_MODULE = "unpacking.child"
 RESULT_CAP = 16 * MiB
 TICK_S = 2.0
 
@@ -63,26 +63,33 @@ async def unpack_contained(
     *,
     name: str | None = None,
     tick: Callable[[str], None] = lambda _line: None,
+    started: Children | None = None,
 ) -> UnpackReport:
-    """unpack_sample, run in a sandboxed child; the same report, or BadSample."""
-    blobs.scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=blobs.scratch, prefix="unpack-") as tmp:
-        work = Path(tmp)
+    """unpack_sample, run in a sandboxed child; the same report, or BadSample. The child
+    comes from `started` (children started ahead, sandbox/warm.py) when their limits are
+    these, else it is started now."""
+    wanted = child_limits(limits, child)
+    if started is not None and started.limits == wanted:
+        contained = await started.take()
+    else:
+        contained = await start(CHILD_MODULE, blobs.scratch / CHILDREN_DIR, wanted, "unpack-")
+    async with contained:
+        work = contained.scratch
         await _in_thread(tick, "copying the sample", _prepare, blobs, sha256, limits, name,
                          work)
-        memory = child.memory_mb * MiB
-        done = await run(
-            [sys.executable, "-m", "unpacking.child", str(work)],
-            scratch=work,
-            limits=Limits(memory_bytes=memory, time_s=child.timeout_s,
-                          file_bytes=max(limits.max_total_bytes, limits.max_child_bytes) + MiB),
-            tick=tick,
-        )
+        done = await contained.run([str(work)], tick=tick)
         result = _result(work, done, child)
         report = _report(result)
         await _in_thread(tick, "storing what was unpacked", _import_blobs, blobs, work / STORE,
                          report, sha256)
         return report
+
+
+def child_limits(limits: UnpackLimits, child: ChildLimits) -> Limits:
+    """The unpack child's limits: memory and time as configured, files no larger than
+    what the unpack limits let through."""
+    return Limits(memory_bytes=child.memory_mb * MiB, time_s=child.timeout_s,
+                  file_bytes=max(limits.max_total_bytes, limits.max_child_bytes) + MiB)
 
 
 async def _in_thread(tick: Callable[[str], None], what: str, fn: Callable[..., None],

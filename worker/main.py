@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -38,6 +39,7 @@ from common import logs, metrics, tracing
 from common.config import Settings, load_or_exit, load_settings
 from common.temporal import connect
 from festive import served
+from sandbox.warm import Children
 from store.blobs import open_blobs
 from store.db import PredictionStore
 from worker.storage import StorageFullInterceptor
@@ -50,12 +52,31 @@ ROLES = ("orchestration", "cpu", "gpu")
 log = logging.getLogger("worker")
 
 
-async def build_workers(client: Client, settings: Settings, roles: list[str]) -> list[Worker]:
-    """The workers for the given roles, sharing one blob store and database handle."""
+@contextlib.asynccontextmanager
+async def serving(client: Client, settings: Settings, roles: list[str]
+                  ) -> AsyncIterator[list[Worker]]:
+    """The workers for the given roles, running until the block ends (each then shuts
+    down gracefully); the children the cpu worker started ahead of their jobs end last."""
+    workers, children = await build_workers(client, settings, roles)
+    async with contextlib.AsyncExitStack() as stack:
+        for pool in children:
+            stack.push_async_callback(pool.close)
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        for pool in children:
+            pool.fill()
+        yield workers
+
+
+async def build_workers(client: Client, settings: Settings, roles: list[str]
+                        ) -> tuple[list[Worker], list[Children]]:
+    """The workers for the given roles, sharing one blob store and database handle, and
+    the pools of children started ahead of their jobs (sandbox/warm.py) they take from."""
     blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
                        settings.s3_region)
     deps = Deps(settings=settings, blobs=blobs, client=client)
-    workers = []
+    workers: list[Worker] = []
+    children: list[Children] = []
     # On SIGTERM, in-flight activities get this long to finish; then they are cancelled
     # and retried on another worker of their kind.
     grace = timedelta(seconds=settings.graceful_shutdown_s)
@@ -85,6 +106,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
         # AE_SANDBOX=bwrap and bubblewrap does not work, a warning when there is none.
         log.info("children that parse samples run with AE_SANDBOX=%s", sandbox.mode())
         unpack, lift = Unpack(deps), Lift(deps)
+        children += [unpack.children, lift.children]
         workers.append(
             Worker(
                 client, task_queue=settings.cpu_queue,
@@ -113,7 +135,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]) ->
                 graceful_shutdown_timeout=grace, interceptors=interceptors,
             )
         )
-    return workers
+    return workers, children
 
 
 def metrics_runtime(settings: Settings, roles: list[str]) -> Runtime | None:
@@ -162,9 +184,6 @@ async def run(roles: list[str]) -> None:
     runtime = metrics_runtime(settings, roles)
     tracing.setup(f"worker-{'+'.join(roles)}", secrets=logs.secrets_of(settings))
     client = await connect(settings, runtime)
-    workers = await build_workers(client, settings, roles)
-    if "gpu" in roles:  # load the model and index now, not in the first sample's embed
-        threading.Thread(target=_warm_engine, name="warm-engine", daemon=True).start()
     gauges = None
     if runtime is not None and "orchestration" in roles:
         gauges = asyncio.create_task(count_in_flight(client, runtime, settings))
@@ -172,12 +191,14 @@ async def run(roles: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker up: roles=%s queues=%s metrics=%s", roles, [w.task_queue for w in workers],
-             f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
-             if runtime else "off")
-    async with contextlib.AsyncExitStack() as stack:
-        for worker in workers:  # each exits with a graceful shutdown of in-flight work
-            await stack.enter_async_context(worker)
+    # each worker exits with a graceful shutdown of in-flight work
+    async with serving(client, settings, roles) as workers:
+        if "gpu" in roles:  # load the model and index now, not in the first sample's embed
+            threading.Thread(target=_warm_engine, name="warm-engine", daemon=True).start()
+        log.info("worker up: roles=%s queues=%s metrics=%s", roles,
+                 [w.task_queue for w in workers],
+                 f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+                 if runtime else "off")
         await stop.wait()
         log.info("shutting down: finishing in-flight work for up to %s s",
                  settings.graceful_shutdown_s)
