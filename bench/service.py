@@ -3,13 +3,14 @@
     python bench/service.py parallel SAMPLE [--workers 1 2] [--chunk 64]
         the lift (lifting.angr_lift.lift_binary_extras with the child's featurisation)
         with 1 and N workers: wall and CPU seconds per phase
-    python bench/service.py overhead SAMPLE... [--cpu-slots 1]
+    python bench/service.py overhead SAMPLE... [--cpu-slots 1] [--warm 0 1]
         end to end through a started stack (first analysis), per stage, vs a bare angr
         script (CFGFast + VEX of every block) on the same bytes; then the reanalysis of
-        the same sample with its lift cached (prediction deleted, queued again)
+        the same sample with its lift cached (prediction deleted, queued again); one
+        stack per AE_WARM_CHILDREN value
     python bench/service.py status [--rate 500] [--seconds 10] [--in-flight 100]
         Get Status / Get Results latency at a fixed request rate while analyses run
-    python bench/service.py throughput [--count 100] [--cpu-workers 1 2]
+    python bench/service.py throughput [--count 100] [--cpu-workers 1 2] [--warm 0 1]
         samples per minute for a batch of small binaries
 
 Each sub-command starts what it needs on this machine (Temporal dev server, API, one
@@ -214,55 +215,61 @@ def bare_angr(sample: str) -> dict[str, Any]:
 
 
 def cmd_overhead(args: argparse.Namespace) -> None:
+    rows: list[dict[str, Any]] = []
+    warmup: dict[str, float] = {}
+    for warm in args.warm:  # one stack per setting, the same samples, in one run
+        with tempfile.TemporaryDirectory(prefix="bench-svc-") as tmp, \
+                stack(Path(tmp), env={"AE_CPU_SLOTS": str(args.cpu_slots),
+                                      "AE_WARM_CHILDREN": str(warm)}) as urls:
+            asyncio.run(_overhead(urls[0], Path(tmp), args, warm, rows, warmup))
+    write("overhead", {"warm_up_analysis": warmup, "rows": rows})
+
+
+async def _overhead(url: str, tmp: Path, args: argparse.Namespace, warm: int,
+                    rows: list[dict[str, Any]], warmup: dict[str, float]) -> None:
     import httpx
 
-    rows = []
-    warmup: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-svc-") as tmp, \
-            stack(Path(tmp), env={"AE_CPU_SLOTS": str(args.cpu_slots)}) as urls:
-
-        async def measure() -> None:
-            async with httpx.AsyncClient(base_url=urls[0], timeout=120) as http:
-                # one small analysis first: workers warm (engine loaded), as in service
-                (warm,) = small_binaries(1, Path(tmp) / "warm")
-                t0 = time.perf_counter()
-                await wait_final(http, await submit(http, warm, "warm-up"), poll_s=0.2)
-                warmup["wall_s"] = round(time.perf_counter() - t0, 3)
-                for sample in args.sample:
-                    path = Path(sample)
-                    bare = bare_angr(sample)
-                    print("bare", sample, bare, flush=True)
-                    t0 = time.perf_counter()
-                    sha = await submit(http, path)
-                    first = await wait_final(http, sha)
-                    first_wall = time.perf_counter() - t0
-                    results = (await http.get(f"/predictions/{sha}/{MODEL_URL}/results")).json()
-                    lifted = results["prediction_results"]["functions_total"]
-                    print("first", sample, first["stages_ms"], round(first_wall, 2), flush=True)
-                    again = []
-                    for _ in range(args.repeat):
-                        response = await http.delete(f"/internal/predictions/{sha}/{MODEL_URL}")
-                        response.raise_for_status()
-                        t1 = time.perf_counter()
-                        (await http.post(f"/internal/queue/{sha}/festive")).raise_for_status()
-                        detail = await wait_final(http, sha, poll_s=0.02)
-                        again.append({"wall_s": round(time.perf_counter() - t1, 3),
-                                      "workflow_s": run_duration(detail),
-                                      "stages_ms": detail["stages_ms"]})
-                        print("again", sample, again[-1], flush=True)
-                    best = min(again, key=lambda r: r["workflow_s"])
-                    rows.append({
-                        "sample": sample, "functions_lifted": int(lifted), "bare_angr": bare,
-                        "first": {"wall_s": round(first_wall, 3),
-                                  "workflow_s": run_duration(first),
-                                  "stages_ms": first["stages_ms"]},
-                        "overhead_ratio": round(run_duration(first) / bare["wall_s"], 3),
-                        "reanalysis": again,
-                        "reanalysis_speedup": round(run_duration(first) / best["workflow_s"], 1),
-                    })
-
-        asyncio.run(measure())
-    write("overhead", {"warm_up_analysis": warmup, "rows": rows})
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        # one small analysis first: workers warm (engine loaded), as in service
+        (first_sample,) = small_binaries(1, tmp / "warm")
+        t0 = time.perf_counter()
+        await wait_final(http, await submit(http, first_sample, "warm-up"), poll_s=0.2)
+        warmup[f"warm_children_{warm}_wall_s"] = round(time.perf_counter() - t0, 3)
+        for sample in args.sample:
+            path = Path(sample)
+            bare = bare_angr(sample)
+            print("bare", sample, bare, flush=True)
+            await asyncio.sleep(args.idle)  # as between two samples: children started
+            t0 = time.perf_counter()
+            sha = await submit(http, path)
+            first = await wait_final(http, sha)
+            first_wall = time.perf_counter() - t0
+            results = (await http.get(f"/predictions/{sha}/{MODEL_URL}/results")).json()
+            lifted = results["prediction_results"]["functions_total"]
+            print("first", warm, sample, first["stages_ms"], round(first_wall, 2), flush=True)
+            again = []
+            for _ in range(args.repeat):
+                await asyncio.sleep(args.idle)
+                response = await http.delete(f"/internal/predictions/{sha}/{MODEL_URL}")
+                response.raise_for_status()
+                t1 = time.perf_counter()
+                (await http.post(f"/internal/queue/{sha}/festive")).raise_for_status()
+                detail = await wait_final(http, sha, poll_s=0.02)
+                again.append({"wall_s": round(time.perf_counter() - t1, 3),
+                              "workflow_s": run_duration(detail),
+                              "stages_ms": detail["stages_ms"]})
+                print("again", warm, sample, again[-1], flush=True)
+            best = min(again, key=lambda r: r["workflow_s"])
+            rows.append({
+                "warm_children": warm,
+                "sample": sample, "functions_lifted": int(lifted), "bare_angr": bare,
+                "first": {"wall_s": round(first_wall, 3),
+                          "workflow_s": run_duration(first),
+                          "stages_ms": first["stages_ms"]},
+                "overhead_ratio": round(run_duration(first) / bare["wall_s"], 3),
+                "reanalysis": again,
+                "reanalysis_speedup": round(run_duration(first) / best["workflow_s"], 1),
+            })
 
 
 # --- status under load --------------------------------------------------------------------
@@ -387,26 +394,34 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
         samples = small_binaries(args.count, Path(tmp) / "src")
-        for workers in args.cpu_workers:
-            base = Path(tmp) / f"stack{workers}"
-            with stack(base, cpu_workers=workers,
-                       env={"AE_CPU_SLOTS": "1", "AE_LIFT_WORKERS": "1"}) as urls:
+        for warm in args.warm:
+            for workers in args.cpu_workers:
+                base = Path(tmp) / f"stack{warm}-{workers}"
+                with stack(base, cpu_workers=workers,
+                           env={"AE_CPU_SLOTS": "1", "AE_LIFT_WORKERS": "1",
+                                "AE_WARM_CHILDREN": str(warm)}) as urls:
 
-                async def measure() -> float:
-                    async with httpx.AsyncClient(base_url=urls[0], timeout=120) as http:
-                        start = time.perf_counter()
-                        shas = [await submit(http, p) for p in samples]
-                        for sha in shas:
-                            await wait_final(http, sha, poll_s=0.5)
-                        return time.perf_counter() - start
+                    async def measure(url: str = urls[0]) -> float:
+                        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+                            await asyncio.sleep(args.idle)  # the workers' children started
+                            start = time.perf_counter()
+                            shas = [await submit(http, p) for p in samples]
+                            for sha in shas:
+                                await wait_final(http, sha, poll_s=0.5)
+                            return time.perf_counter() - start
 
-                wall = asyncio.run(measure())
-            rows.append({"cpu_workers": workers, "samples": len(samples),
-                         "wall_s": round(wall, 1),
-                         "samples_per_minute": round(60 * len(samples) / wall, 1)})
-            print(rows[-1], flush=True)
-    write("throughput", {"rows": rows, "scaling": round(rows[-1]["samples_per_minute"]
-                                                        / rows[0]["samples_per_minute"], 2)})
+                    wall = asyncio.run(measure())
+                rows.append({"warm_children": warm, "cpu_workers": workers,
+                             "samples": len(samples), "wall_s": round(wall, 1),
+                             "samples_per_minute": round(60 * len(samples) / wall, 1)})
+                print(rows[-1], flush=True)
+    per_minute = {(r["warm_children"], r["cpu_workers"]): r["samples_per_minute"] for r in rows}
+    write("throughput", {
+        "rows": rows,
+        "scaling": {f"warm_children_{w}": round(per_minute[w, args.cpu_workers[-1]]
+                                                / per_minute[w, args.cpu_workers[0]], 2)
+                    for w in args.warm},
+    })
 
 
 def main() -> None:
@@ -421,6 +436,10 @@ def main() -> None:
     p.add_argument("sample", nargs="+")
     p.add_argument("--cpu-slots", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--warm", type=int, nargs="+", default=[0, 1],
+                   help="AE_WARM_CHILDREN of each stack, one after the other (default 0 1)")
+    p.add_argument("--idle", type=float, default=5,
+                   help="seconds between two analyses, as between two users' samples")
     p = sub.add_parser("status")
     p.add_argument("--rate", type=float, default=500)
     p.add_argument("--seconds", type=float, default=10)
@@ -429,6 +448,10 @@ def main() -> None:
     p = sub.add_parser("throughput")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--cpu-workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--warm", type=int, nargs="+", default=[0, 1],
+                   help="AE_WARM_CHILDREN of each stack (default 0 1)")
+    p.add_argument("--idle", type=float, default=10,
+                   help="seconds between a stack's start and the first submission")
     args = parser.parse_args()
     if shutil.which("gcc") is None and args.command in ("status", "throughput"):
         sys.exit("gcc is needed to build the small samples")

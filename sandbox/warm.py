@@ -5,7 +5,8 @@ sample: on a small binary, more than the lift itself. A `Children` pool keeps `k
 children of one module started (`python -m sandbox.serve MODULE`, in the sandbox, under
 their limits, each with a scratch directory of its own), so a job finds its imports
 done. Each child takes one job and exits, so a sample never shares a process with
-another, as before; its replacement starts once the job is over.
+another, as before; its replacement starts once the job is over (unpack) or once it is
+taken (lift: see Children.take).
 
 The job's files go into the child's scratch directory (read-write for it) or its inbox,
 `scratch/in`, which the child sees read-only. Its time limit counts from the job, not from
@@ -87,9 +88,9 @@ class Children:
     """Up to `keep` started children of `module`, for jobs under `limits`."""
 
     def __init__(self, module: str, scratch_root: Path, limits: Limits, *, keep: int = 1,
-                 prefix: str = "child-") -> None:
+                 prefix: str = "child-", replace_at_take: bool = False) -> None:
         self.module, self.scratch_root, self.limits = module, scratch_root, limits
-        self.keep, self.prefix = keep, prefix
+        self.keep, self.prefix, self.replace_at_take = keep, prefix, replace_at_take
         self._ready: list[Child] = []
         self._starting: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -101,20 +102,27 @@ class Children:
 
     async def take(self) -> Child:
         """A started child: one that is waiting, else the one being started, else a new
-        one. Its replacement is started when its job is over (Child.discard): started
-        beside a short job (an unpack takes ~10 ms), a new child's start would slow it
-        ten-fold."""
+        one. Its replacement is started when its job is over (Child.discard), or now
+        with `replace_at_take`. Why two moments: started beside a short job (an unpack
+        takes ~10 ms), a new child slows it ten-fold; started after a long one (a lift),
+        it slows the stage that follows on the same machine (the embedding) by the
+        2-3 s of CPU its imports take."""
         while True:
             if self._ready:
                 child = self._ready.pop(0)
                 if child.spawned.alive:
+                    if self.replace_at_take:
+                        self.fill()
                     return child
                 # it died waiting (killed, out of memory): its exit is of no job's
                 await child.discard()
                 continue
             if not self._starting:
-                return await start(self.module, self.scratch_root, self.limits, self.prefix,
-                                   self.fill)
+                child = await start(self.module, self.scratch_root, self.limits, self.prefix,
+                                    self._after_job)
+                if self.replace_at_take:
+                    self.fill()
+                return child
             await asyncio.wait(set(self._starting), return_when=asyncio.FIRST_COMPLETED)
 
     def fill(self) -> None:
@@ -126,10 +134,14 @@ class Children:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
+    def _after_job(self) -> None:
+        if not self.replace_at_take:
+            self.fill()
+
     async def _start_one(self) -> None:
         try:
             child = await start(self.module, self.scratch_root, self.limits, self.prefix,
-                                self.fill)
+                                self._after_job)
         except Exception as exc:  # noqa: BLE001 - a job then starts its own, and reports
             log.warning("could not start a %s child ahead of its job: %s", self.module, exc)
             return

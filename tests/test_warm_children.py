@@ -4,7 +4,8 @@ and unpack children, in the sandbox (bwrap) and without it (off).
 A child started ahead lifts exactly as one started for the job; each takes one job and
 is then gone; its time limit counts from the job; it sees its inbox read-only; the pool
 replaces a child that died waiting; closing the pool, or killing the process that holds
-it, leaves no child and no scratch directory behind.
+it, leaves no child and no scratch directory behind. The cpu worker keeps one lift and
+one unpack child waiting, and an analysis takes them.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import sandbox
+from common.contracts import MODEL_NAME
 from festive.v1.packed import from_bytes
 from lifting.child import EXIT_OK, FEATURES_SUFFIX
 from sandbox import Limits
 from sandbox.serve import EXIT_BAD_JOB
 from sandbox.warm import Child, Children, start
+from tests.conftest import submit, wait_for_final
 from tests.test_parallel_lift import same_graph
 
 MiB = 1 << 20
@@ -75,7 +79,8 @@ def alive(pid: int) -> bool:
 async def test_a_child_started_ahead_lifts_as_one_started_for_its_job(
     mode: str, tmp_path: Path
 ) -> None:
-    pool = Children("lifting.child", tmp_path, LIFT, keep=1, prefix="lift-")
+    pool = Children("lifting.child", tmp_path, LIFT, keep=1, prefix="lift-",
+                    replace_at_take=True)  # as the lift activity's
     pool.fill()
     (waiting,) = await ready(pool)
     async with await pool.take() as ahead:
@@ -90,7 +95,7 @@ async def test_a_child_started_ahead_lifts_as_one_started_for_its_job(
     assert a.addrs == b.addrs and a.names == b.names and a.binary == b.binary
     assert all(same_graph(x, y) for x, y in zip(a.graphs, b.graphs, strict=True))
 
-    # taking one started another, which is another process
+    # taking one started another (replace_at_take), which is another process
     (replacement,) = await ready(pool)
     assert replacement != waiting and alive(replacement)
     await pool.close()
@@ -179,3 +184,60 @@ def test_children_waiting_die_with_the_process_that_holds_them(
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(p) for p in pids), "a waiting child outlived its holder"
+
+
+def waiting_children(module: str) -> list[int]:
+    """Pids of this process's children of `module` that wait for a job (the Python
+    process, not the bwrap around it; a busy one has renamed itself after `module`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if (b"sandbox.serve" in argv and module.encode() in argv
+                and not argv[0].endswith(b"bwrap") and name != module
+                and below(int(entry.name), os.getpid())):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def below(pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+async def until_found(find, timeout_s: float = 120) -> list[int]:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := find():
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError("nothing found in time")
+
+
+@pytest.mark.usefixtures("workers")
+async def test_the_cpu_worker_keeps_children_started_for_its_jobs(api) -> None:  # noqa: ANN001
+    """The worker (AE_WARM_CHILDREN=1) has an unpack and a lift child waiting; an
+    analysis takes them, and new ones wait afterwards."""
+    lift_before = await until_found(lambda: waiting_children("lifting.child"))
+    unpack_before = await until_found(lambda: waiting_children("unpacking.child"))
+    assert len(lift_before) == len(unpack_before) == 1
+    sha256 = await submit(api, SAMPLE.read_bytes() + uuid.uuid4().bytes, "true")
+    assert (await wait_for_final(api, sha256))["status"][MODEL_NAME] == "SUCCESS"
+    assert not alive(lift_before[0]) and not alive(unpack_before[0])
+    lift_after = await until_found(lambda: waiting_children("lifting.child"))
+    unpack_after = await until_found(lambda: waiting_children("unpacking.child"))
+    assert lift_after != lift_before and unpack_after != unpack_before
