@@ -41,7 +41,7 @@ class Lift:
             "lifting.child", deps.blobs.scratch / CHILDREN_DIR,
             Limits(memory_bytes=settings.lift_memory_mb * 1024 * 1024,
                    time_s=settings.lift_timeout_s),
-            keep=settings.warm_children, prefix="lift-", replace_at_take=True,
+            keep=settings.warm_children, prefix="lift-",
         )
 
     @activity.defn(name="lift_binary")

@@ -5,8 +5,8 @@ sample: on a small binary, more than the lift itself. A `Children` pool keeps `k
 children of one module started (`python -m sandbox.serve MODULE`, in the sandbox, under
 their limits, each with a scratch directory of its own), so a job finds its imports
 done. Each child takes one job and exits, so a sample never shares a process with
-another, as before; its replacement starts once the job is over (unpack) or once it is
-taken (lift: see Children.take).
+another, as before. Its replacement is started after the job, once the machine is idle
+(Children._until_idle), or at once when a job needs it.
 
 The job's files go into the child's scratch directory (read-write for it) or its inbox,
 `scratch/in`, which the child sees read-only. Its time limit counts from the job, not from
@@ -28,6 +28,11 @@ from pathlib import Path
 from sandbox import Finished, Limits, Spawned, spawn
 
 STARTUP_CPU_S = 60  # added to a child's RLIMIT_CPU: the imports before its job
+# A replacement child starts once this share of the machine's CPU time was idle over one
+# window, or a job needs it, or after IDLE_WAIT_S (Children._until_idle).
+IDLE_SHARE = 0.75
+IDLE_WINDOW_S = 0.5
+IDLE_WAIT_S = 30.0
 INBOX = "in"
 # where a worker keeps its children's scratch directories, under its own scratch directory
 CHILDREN_DIR = "children"
@@ -88,11 +93,12 @@ class Children:
     """Up to `keep` started children of `module`, for jobs under `limits`."""
 
     def __init__(self, module: str, scratch_root: Path, limits: Limits, *, keep: int = 1,
-                 prefix: str = "child-", replace_at_take: bool = False) -> None:
+                 prefix: str = "child-", idle_wait_s: float = IDLE_WAIT_S) -> None:
         self.module, self.scratch_root, self.limits = module, scratch_root, limits
-        self.keep, self.prefix, self.replace_at_take = keep, prefix, replace_at_take
+        self.keep, self.prefix, self.idle_wait_s = keep, prefix, idle_wait_s
         self._ready: list[Child] = []
         self._starting: set[asyncio.Task[None]] = set()
+        self._needed = asyncio.Event()  # a job waits for a child: start without delay
         self._closed = False
 
     @property
@@ -101,32 +107,26 @@ class Children:
         return list(self._ready)
 
     async def take(self) -> Child:
-        """A started child: one that is waiting, else the one being started, else a new
-        one. Its replacement is started when its job is over (Child.discard), or now
-        with `replace_at_take`. Why two moments: started beside a short job (an unpack
-        takes ~10 ms), a new child slows it ten-fold; started after a long one (a lift),
-        it slows the stage that follows on the same machine (the embedding) by the
-        2-3 s of CPU its imports take."""
+        """A started child: one that is waiting, else the one being started (started
+        now, whether the machine is idle or not), else a new one."""
         while True:
             if self._ready:
                 child = self._ready.pop(0)
                 if child.spawned.alive:
-                    if self.replace_at_take:
-                        self.fill()
                     return child
                 # it died waiting (killed, out of memory): its exit is of no job's
                 await child.discard()
                 continue
             if not self._starting:
-                child = await start(self.module, self.scratch_root, self.limits, self.prefix,
-                                    self._after_job)
-                if self.replace_at_take:
-                    self.fill()
-                return child
+                return await start(self.module, self.scratch_root, self.limits, self.prefix,
+                                   self.fill)
+            self._needed.set()
             await asyncio.wait(set(self._starting), return_when=asyncio.FIRST_COMPLETED)
 
     def fill(self) -> None:
-        """Start children in the background until `keep` are ready or starting."""
+        """Start children in the background until `keep` are ready or starting (called
+        when a child's job is over, Child.discard). Each starts once the machine is idle
+        (see _until_idle)."""
         if self._closed:
             return
         for _ in range(self.keep - len(self._ready) - len(self._starting)):
@@ -134,21 +134,41 @@ class Children:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
-    def _after_job(self) -> None:
-        if not self.replace_at_take:
-            self.fill()
-
     async def _start_one(self) -> None:
+        await self._until_idle()
+        if self._closed:
+            return
         try:
             child = await start(self.module, self.scratch_root, self.limits, self.prefix,
-                                self._after_job)
+                                self.fill)
         except Exception as exc:  # noqa: BLE001 - a job then starts its own, and reports
             log.warning("could not start a %s child ahead of its job: %s", self.module, exc)
             return
+        finally:
+            if len(self._starting) <= 1:
+                self._needed.clear()
         if self._closed:
             await child.discard()
         else:
             self._ready.append(child)
+
+    async def _until_idle(self) -> None:
+        """Wait until the machine's CPUs are idle (IDLE_SHARE of their time over
+        IDLE_WINDOW_S), a job needs a child, or idle_wait_s have passed. A child's start
+        takes 2-3 s of CPU (angr's imports): beside a lift it slows the lift, after it
+        the embedding that follows on the same machine, and beside an unpack (~10 ms)
+        it made the unpack ten times slower. Idle time costs nobody anything."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.idle_wait_s
+        before = _cpu_times()
+        while loop.time() < deadline and not self._needed.is_set() and not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._needed.wait(), IDLE_WINDOW_S)
+            after = _cpu_times()
+            busy, total = after[0] - before[0], after[1] - before[1]
+            if total > 0 and (total - busy) / total >= IDLE_SHARE:
+                return
+            before = after
 
     async def close(self) -> None:
         """End the children that are waiting (a job's child ends with its job)."""
@@ -159,3 +179,16 @@ class Children:
         ready, self._ready = self._ready, []
         for child in ready:
             await child.discard()
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (/proc/stat); (0, 0) where there
+    is no /proc/stat (then a replacement waits idle_wait_s or for a job)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is counted in user time already
+    return total - idle, total

@@ -2,10 +2,11 @@
 and unpack children, in the sandbox (bwrap) and without it (off).
 
 A child started ahead lifts exactly as one started for the job; each takes one job and
-is then gone; its time limit counts from the job; it sees its inbox read-only; the pool
-replaces a child that died waiting; closing the pool, or killing the process that holds
-it, leaves no child and no scratch directory behind. The cpu worker keeps one lift and
-one unpack child waiting, and an analysis takes them.
+is then gone; its time limit counts from the job; it sees its inbox read-only. The pool
+starts replacements in idle time, but at once for a job, and replaces a child that died
+waiting; closing it, or killing the process that holds it, leaves no child and no
+scratch directory behind. The cpu worker keeps one lift and one unpack child waiting,
+and an analysis takes them.
 """
 
 from __future__ import annotations
@@ -79,8 +80,7 @@ def alive(pid: int) -> bool:
 async def test_a_child_started_ahead_lifts_as_one_started_for_its_job(
     mode: str, tmp_path: Path
 ) -> None:
-    pool = Children("lifting.child", tmp_path, LIFT, keep=1, prefix="lift-",
-                    replace_at_take=True)  # as the lift activity's
+    pool = Children("lifting.child", tmp_path, LIFT, keep=1, prefix="lift-")
     pool.fill()
     (waiting,) = await ready(pool)
     async with await pool.take() as ahead:
@@ -95,7 +95,7 @@ async def test_a_child_started_ahead_lifts_as_one_started_for_its_job(
     assert a.addrs == b.addrs and a.names == b.names and a.binary == b.binary
     assert all(same_graph(x, y) for x, y in zip(a.graphs, b.graphs, strict=True))
 
-    # taking one started another (replace_at_take), which is another process
+    # its job over, another was started, which is another process
     (replacement,) = await ready(pool)
     assert replacement != waiting and alive(replacement)
     await pool.close()
@@ -139,6 +139,31 @@ async def test_a_child_that_died_waiting_is_replaced(mode: str, tmp_path: Path) 
         assert child.spawned.proc.pid != waiting
         done, lifted, _ = await lift(child)
     assert lifted["functions"]
+    await pool.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_replacement_waits_for_idle_time_unless_a_job_needs_it(
+    tmp_path: Path
+) -> None:
+    limits = Limits(memory_bytes=1024 * MiB, time_s=60)
+    pool = Children("unpacking.child", tmp_path, limits, keep=1, prefix="unpack-")
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 1)]
+    try:
+        async with await pool.take():
+            pass  # a job over: its replacement is due, but every CPU is busy
+        await asyncio.sleep(3)
+        assert pool.waiting == []
+        started = time.monotonic()
+        async with await pool.take() as child:  # a job needs one: started now, busy or not
+            assert child.spawned.alive
+        assert time.monotonic() - started < pool.idle_wait_s / 2
+    finally:
+        for process in spin:
+            process.kill()
+            process.wait()
+    await ready(pool)  # idle again: the replacement of the second job starts
     await pool.close()
     assert list(tmp_path.iterdir()) == []
 
