@@ -24,6 +24,7 @@ from api.app import create_app
 from common import search_attributes
 from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
+from sandbox.warm import CHILDREN_DIR
 from tests.postgres import LocalPostgres, local_postgres
 from tests.s3 import LocalS3, local_s3
 from worker.main import serving
@@ -160,6 +161,14 @@ async def wait_for_final(
             return body
         await asyncio.sleep(0.5)
     raise AssertionError(f"no final status for {sha256} within {timeout_s} s: {body}")
+
+
+def scratch_leftovers(scratch: Path) -> list[Path]:
+    """What is left in a blob store's scratch directory: temporary files of writes and
+    the directories of contained children. An empty `children` directory, where the
+    children's directories go (sandbox/warm.py), is not a leftover."""
+    return [p for p in scratch.iterdir()
+            if not (p.name == CHILDREN_DIR and p.is_dir() and not any(p.iterdir()))]
 
 
 def lift_children(parent_pid: int) -> list[int]:
