@@ -152,6 +152,12 @@ async def test_revoke_stops_a_running_lift_and_allows_resubmission(
         await asyncio.sleep(0.5)
     else:
         raise AssertionError(f"the lift never started: {detail}")
+    # The activity heartbeats from the moment it hands the job over; a child started for
+    # it may still be importing angr, and counts as a lift child once it reads the job.
+    for _ in range(240):
+        if lift_children(os.getpid()):
+            break
+        await asyncio.sleep(0.25)
     assert len(lift_children(os.getpid())) >= 1
 
     revoked_at = time.monotonic()
