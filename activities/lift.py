@@ -84,7 +84,7 @@ class Lift:
 
     async def _run_child(self, contained: Child, sample: str, out: str, name: str) -> None:
         settings = self.deps.settings
-        memory = settings.lift_memory_mb * 1024 * 1024
+        memory = contained.limits.memory_bytes  # the child's own limit
         try:
             done = await contained.run(
                 [sample, out],

@@ -220,9 +220,9 @@ class Spawned:
     starts it early). `finish` hands it its job and sees it to its end; `kill` ends an
     unused one. Either way its process group and memory cgroup are gone afterwards."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sandbox: str, group: Path | None,
-                 scratch: Path) -> None:
-        self.proc, self.sandbox, self.group, self.scratch = proc, sandbox, group, scratch
+    def __init__(self, proc: asyncio.subprocess.Process, sandbox: str,
+                 group: Path | None) -> None:
+        self.proc, self.sandbox, self.group = proc, sandbox, group
         self._stderr = bytearray()
         self._stderr_task = asyncio.ensure_future(
             _read_capped(proc.stderr, self._stderr))  # type: ignore[arg-type]
@@ -338,7 +338,7 @@ async def spawn(argv: Sequence[str], *, scratch: Path, inputs: Sequence[Path] = 
         if group is not None:
             await _empty(group)
         raise
-    return Spawned(proc, sandbox, group, scratch)
+    return Spawned(proc, sandbox, group)
 
 
 async def run(
