@@ -13,23 +13,21 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
+from activities.stage_cache import cached_lift, summary
 from common import metrics
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from common.failures import STORAGE_FULL
-from festive.v1.packed import PACK_VERSION, from_bytes
+from festive.v1.packed import PACK_VERSION
 from lifting.angr_lift import LIFT_CACHE_KIND
 from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED, FEATURES_SUFFIX
 from sandbox import Limits, SandboxUnavailable
 from sandbox.warm import CHILDREN_DIR, Child, Children
-from store.blobs import BlobStore
 
 
 class Lift:
@@ -51,12 +49,11 @@ class Lift:
         cache_kind = LIFT_CACHE_KIND
         # The cache lives in the blob store, so a lift done on one machine serves them
         # all. Blob I/O (S3 requests, downloads) runs in threads: heartbeats go on.
-        cached = await asyncio.to_thread(blobs.get_derived, cache_kind, child.sha256)
+        cached = await asyncio.to_thread(cached_lift, blobs, child)
         meter = activity.metric_meter()
         if cached is not None:
-            arch, count = await asyncio.to_thread(_lift_summary, blobs, cached)
             metrics.count(meter, metrics.LIFTS, cached="true")
-            return LiftResult(child, cached, arch, count, cached=True)
+            return cached
 
         try:
             contained = await self.children.take()
@@ -76,7 +73,7 @@ class Lift:
                 await asyncio.to_thread(blobs.set_derived, PACK_VERSION, lift_sha, features_sha)
             # from the files at hand, not read back from the (possibly remote) store
             arch, count = await asyncio.to_thread(
-                _summary, packed, lambda: json.loads(gzip.decompress(out.read_bytes())))
+                summary, packed, lambda: json.loads(gzip.decompress(out.read_bytes())))
         await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
         metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
@@ -118,26 +115,6 @@ def _place(stored: Path, inbox_path: Path) -> None:
         os.link(stored, inbox_path)
     except OSError:
         shutil.copyfile(stored, inbox_path)
-
-
-def _lift_summary(blobs: BlobStore, lift_sha256: str) -> tuple[str, int]:
-    """(arch, function count) of a stored lift (see _summary)."""
-    packed_sha = blobs.get_derived(PACK_VERSION, lift_sha256)
-    return _summary(blobs.read_bytes(packed_sha) if packed_sha is not None else None,
-                    lambda: blobs.read_json(lift_sha256))
-
-
-def _summary(packed: bytes | None, lift: Callable[[], dict[str, Any]]) -> tuple[str, int]:
-    """(arch, function count) of a lift: from its packed graphs when there are some (a
-    fraction of the size, no VEX text to parse), else from the JSON lift itself."""
-    if packed is not None:
-        try:
-            unpacked = from_bytes(packed)
-            return unpacked.binary["arch"], unpacked.functions_total
-        except (ValueError, KeyError):
-            pass  # damaged or foreign: the lift itself says
-    lifted = lift()
-    return lifted["binary"]["arch"], len(lifted["functions"])
 
 
 def _raise_for_exit(

@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
+from activities.stage_cache import store_unpack
 from common.contracts import BAD_SAMPLE, AnalyzeRequest, BinaryChild, UnpackResult
 from common.failures import STORAGE_FULL
 from sandbox import SandboxUnavailable
@@ -73,4 +74,6 @@ class Unpack:
                 "archives": report.archives,
             }
         )
-        return UnpackResult(children=children, report_sha256=report_sha)
+        result = UnpackResult(children=children, report_sha256=report_sha)
+        await asyncio.to_thread(store_unpack, blobs, request, self.limits, result)
+        return result

@@ -70,6 +70,20 @@ class LiftResult:
 
 
 @dataclass
+class CachedUnpack:
+    """cached_unpack's answer: the sample's cached UnpackResult, or None."""
+
+    unpacked: UnpackResult | None
+
+
+@dataclass
+class CachedLifts:
+    """cached_lifts' answer: per child of an UnpackResult, its cached lift or None."""
+
+    lifts: list[LiftResult | None]
+
+
+@dataclass
 class EmbedRequest:
     sha256: str
     model_name: str
@@ -134,6 +148,7 @@ class AnalyzeSummary:
     functions: int
     stages_ms: dict[str, int] = field(default_factory=dict)
     lifts_reused: int = 0  # binaries whose lift was found in the cache, not lifted again
+    unpack_reused: bool = False  # the sample's unpack was found in the cache
 
 
 @dataclass

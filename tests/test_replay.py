@@ -30,7 +30,7 @@ def test_there_are_committed_histories() -> None:
     names = {p.stem for p in committed_histories()}
     assert {"analyze_success", "analyze_bad_sample", "analyze_success_references",
             "reference_success", "batch_continue_as_new_0", "batch_continue_as_new_1",
-            "batch_cancelled_0"} <= names
+            "batch_cancelled_0", "analyze_local_steps", "analyze_local_steps_cached"} <= names
 
 
 @pytest.mark.parametrize("path", committed_histories(), ids=lambda p: p.stem)

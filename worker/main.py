@@ -34,6 +34,7 @@ from activities.explain import Explain
 from activities.lift import Lift
 from activities.persist import Persist
 from activities.references import References
+from activities.stage_cache import StageCache
 from activities.unpack import Unpack
 from common import logs, metrics, tracing
 from common.config import Settings, load_or_exit, load_settings
@@ -86,6 +87,7 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]
         deps.store = PredictionStore(settings.database_url)
         await deps.store.init_schema()
         persist, explain, catalog = Persist(deps), Explain(deps), Catalog(deps)
+        stage_cache = StageCache(deps)
         references, batch = References(deps), BatchActivities(deps)
         workers.append(
             Worker(
@@ -93,7 +95,9 @@ async def build_workers(client: Client, settings: Settings, roles: list[str]
                 # ReanalyzeAll: the batch before ReanalysisBatch, kept for runs in flight
                 workflows=[AnalyzeSample, ReanalysisBatch, ReanalyzeAll, AddReference],
                 activities=[persist.persist_results, persist.record_status,
-                            explain.explain_results, catalog.samples_to_reanalyze,
+                            explain.explain_results, stage_cache.cached_unpack,
+                            stage_cache.cached_lifts,
+                            catalog.samples_to_reanalyze,
                             references.reference_set, references.record_reference,
                             batch.open_batch, batch.batch_page, batch.record_batch_outcome,
                             batch.close_batch, batch.await_analysis],

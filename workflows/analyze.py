@@ -8,12 +8,18 @@ name, so nothing heavy is imported here; the Stage search attribute tells operat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -27,6 +33,9 @@ with workflow.unsafe.imports_passed_through():
         STARTED,
         AnalyzeRequest,
         AnalyzeSummary,
+        BinaryChild,
+        CachedLifts,
+        CachedUnpack,
         EmbedRequest,
         EmbedResult,
         ExplainRequest,
@@ -59,6 +68,12 @@ RECORD_RETRY = RetryPolicy(
 # analysis resumes once space is freed instead of failing.
 STORAGE_RETRY_PAUSE = timedelta(minutes=1)
 STORAGE_WAIT_MAX = timedelta(days=1)
+# The light steps (a status row, the reference set, explain, persist) and the stage
+# caches (a sample's unpack, its children's lifts) run in the workflow's own worker as
+# local activities: no task-queue round trip, which was most of a cached reanalysis.
+# Histories from before replay the ordinary activities.
+LOCAL_STEPS = "local-light-steps"
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 LIFT_TIMEOUT = timedelta(hours=1)
 LIFT_HEARTBEAT = timedelta(seconds=15)  # the lift heartbeats every 2 s
 
@@ -69,6 +84,7 @@ class AnalyzeSample:
         self._stage = "queued"
         self._stage_started_ms: int | None = None
         self._stages_ms: dict[str, int] = {}
+        self._unpack_reused = False
 
     @workflow.query
     def progress(self) -> dict[str, object]:
@@ -111,11 +127,17 @@ class AnalyzeSample:
             sha256=request.sha256, model_name=request.model_name, verdict=embedded.verdict,
             children=len(unpacked.children), functions=sum(r.functions for r in lifted),
             stages_ms=dict(self._stages_ms), lifts_reused=sum(r.cached for r in lifted),
+            unpack_reused=self._unpack_reused,
         )
 
     # --- the five stages ----------------------------------------------------------------
     async def _unpack(self, request: AnalyzeRequest) -> UnpackResult:
         self._enter("unpack")
+        if workflow.patched(LOCAL_STEPS):
+            cached = await _lookup("cached_unpack", request, CachedUnpack)
+            if cached is not None and cached.unpacked is not None:
+                self._unpack_reused = True
+                return cached.unpacked
         return await _until_space(lambda: workflow.execute_activity(
             "unpack_sample", request, result_type=UnpackResult, task_queue=request.cpu_queue,
             start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=timedelta(seconds=30),
@@ -125,19 +147,15 @@ class AnalyzeSample:
 
     async def _lift(self, request: AnalyzeRequest, unpacked: UnpackResult) -> list[LiftResult]:
         self._enter("lift")
-        return list(
-            await asyncio.gather(
-                *(
-                    _until_space(lambda child=child: workflow.execute_activity(
-                        "lift_binary", LiftRequest(child), result_type=LiftResult,
-                        task_queue=request.cpu_queue, start_to_close_timeout=LIFT_TIMEOUT,
-                        heartbeat_timeout=LIFT_HEARTBEAT, retry_policy=COMPUTE_RETRY,
-                        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    ))
-                    for child in unpacked.children
-                )
-            )
-        )
+        cached: list[LiftResult | None] = [None] * len(unpacked.children)
+        if unpacked.children and workflow.patched(LOCAL_STEPS):
+            found = await _lookup("cached_lifts", unpacked, CachedLifts)
+            if found is not None and len(found.lifts) == len(cached):
+                cached = found.lifts
+        return list(await asyncio.gather(*(
+            _lift_one(request, child) if hit is None else _done(hit)
+            for child, hit in zip(unpacked.children, cached, strict=True)
+        )))
 
     async def _embed(
         self, request: AnalyzeRequest, unpacked: UnpackResult, lifted: list[LiftResult]
@@ -146,10 +164,8 @@ class AnalyzeSample:
         references = ""
         if workflow.patched("user-references"):
             # the references users added, as they are now (read where the database is)
-            found = await workflow.execute_activity(
-                "reference_set", result_type=ReferenceSetRef,
-                start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
-            )
+            found = await _light("reference_set", [], ReferenceSetRef,
+                                 timedelta(minutes=1), RECORD_RETRY)
             references = found.references_sha256
         return await _until_space(lambda: workflow.execute_activity(
             "embed_compare",
@@ -163,10 +179,9 @@ class AnalyzeSample:
 
     async def _explain(self, request: AnalyzeRequest, embedded: EmbedResult) -> ExplainResult:
         self._enter("explain")
-        return await _until_space(lambda: workflow.execute_activity(
-            "explain_results", ExplainRequest(request.sha256, embedded.results_sha256),
-            result_type=ExplainResult, start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=COMPUTE_RETRY,
+        return await _until_space(lambda: _light(
+            "explain_results", [ExplainRequest(request.sha256, embedded.results_sha256)],
+            ExplainResult, timedelta(minutes=2), COMPUTE_RETRY,
         ))
 
     async def _persist(
@@ -174,15 +189,12 @@ class AnalyzeSample:
         run_id: str,
     ) -> None:
         self._enter("persist")
-        await workflow.execute_activity(
-            "persist_results",
-            PersistRequest(
-                request.sha256, request.model_name, embedded.model_version or request.model_version,
-                run_id, embedded.results_sha256, explained.explanation_sha256,
-                embedded.functions_sha256,
-            ),
-            start_to_close_timeout=timedelta(minutes=1), retry_policy=RECORD_RETRY,
+        persist = PersistRequest(
+            request.sha256, request.model_name, embedded.model_version or request.model_version,
+            run_id, embedded.results_sha256, explained.explanation_sha256,
+            embedded.functions_sha256,
         )
+        await _light("persist_results", [persist], bool, timedelta(minutes=1), RECORD_RETRY)
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _enter(self, stage: str) -> None:
@@ -204,10 +216,59 @@ class AnalyzeSample:
             request.sha256, request.model_name, request.model_version,
             workflow.info().run_id, status, error,
         )
-        await workflow.execute_activity(
-            "record_status", update, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RECORD_RETRY,
+        await _light("record_status", [update], bool, timedelta(seconds=30), RECORD_RETRY)
+
+
+async def _light[T](activity: str, args: Sequence[Any], result_type: type[T],
+                    timeout: timedelta, retry: RetryPolicy) -> T:
+    """A light step of the orchestration queue. It runs first here, as a local activity
+    (one attempt, no task-queue round trip). Should that attempt fail, the step goes to
+    the queue as an ordinary activity with `retry`: a database outage still shows
+    operators a pending activity with its attempts and last failure."""
+    if workflow.patched(LOCAL_STEPS):
+        try:
+            return await workflow.execute_local_activity(
+                activity, args=args, result_type=result_type,
+                start_to_close_timeout=timeout, retry_policy=ONE_ATTEMPT,
+            )
+        except FailureError as err:  # a local activity's own error, not an ActivityError
+            if is_cancelled_exception(err):
+                raise
+            workflow.logger.warning("%s failed here (%s); queued as an activity",
+                                    activity, _failure_details(err))
+    return await workflow.execute_activity(
+        activity, args=args, result_type=result_type, start_to_close_timeout=timeout,
+        retry_policy=retry,
+    )
+
+
+async def _lookup[T](activity: str, arg: Any, result_type: type[T]) -> T | None:
+    """A stage cache's answer (activities/stage_cache.py), looked up here; a lookup that
+    fails finds nothing: the stage's own activity then does the work."""
+    try:
+        return await workflow.execute_local_activity(
+            activity, arg, result_type=result_type,
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=ONE_ATTEMPT,
         )
+    except FailureError as err:
+        if is_cancelled_exception(err):
+            raise
+        workflow.logger.warning("%s failed (%s): nothing cached used", activity,
+                                _failure_details(err))
+        return None
+
+
+async def _lift_one(request: AnalyzeRequest, child: BinaryChild) -> LiftResult:
+    return await _until_space(lambda: workflow.execute_activity(
+        "lift_binary", LiftRequest(child), result_type=LiftResult,
+        task_queue=request.cpu_queue, start_to_close_timeout=LIFT_TIMEOUT,
+        heartbeat_timeout=LIFT_HEARTBEAT, retry_policy=COMPUTE_RETRY,
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    ))
+
+
+async def _done[T](value: T) -> T:
+    return value
 
 
 def _stop_if_cancelled() -> None:
