@@ -88,6 +88,20 @@ def test_fewer_rows_than_k_pads_with_minus_one() -> None:
     assert rows[:, 0].tolist() == [0, 1, 2]
 
 
+def test_a_small_index_keeps_its_float_rows_and_answers_the_same() -> None:
+    """Under CPU_CHUNK_CACHE_BYTES the dequantised rows are kept after the first search;
+    the second search, from them, answers exactly as the first."""
+    rng = np.random.default_rng(3)
+    rows = unit_rows(rng.standard_normal((500, 32)))
+    searcher = Searcher(Quantised.of(rows), device="cpu", chunk_rows=128)
+    queries = rows[[1, 250, 499]]
+    first = searcher.topk(queries, k=5)
+    assert len(searcher._chunks) == 4  # 500 rows in chunks of 128, all kept
+    second = searcher.topk(queries, k=5)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert first[1][:, 0].tolist() == [1, 250, 499]
+
+
 def test_memory_stays_bounded_on_a_large_index() -> None:
     """3M int8 rows of 128 dims (384 MB) are searched in 64k-row chunks: the process
     grows by far less than a float32 copy of the index (1.5 GB) would take."""

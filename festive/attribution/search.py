@@ -47,6 +47,9 @@ def reference_rows(ref: Reference) -> int:
     return ref.shape[0] if isinstance(ref, Quantised) else n_rows(ref)
 
 
+CPU_CHUNK_CACHE_BYTES = 512 * 1024 * 1024
+
+
 class Searcher:
     """top-k over a fixed set of reference rows; rows can be hidden (held-out tests)."""
 
@@ -60,9 +63,12 @@ class Searcher:
         self.chunk_rows = max(1, chunk_rows)
         self.hidden: np.ndarray | None = None
         self._chunks: dict[int, object] = {}
-        # A GPU holds the whole reference (int8 rows are small); on the CPU chunks are
-        # made on the fly so that memory stays bounded.
-        self._cache_chunks = self.device != "cpu"
+        # A GPU holds the whole reference (int8 rows are small). On the CPU the float32
+        # rows are kept too while they fit in CPU_CHUNK_CACHE_BYTES (the shipped index:
+        # 55,093 x 128, 28 MB); dequantising them for every search was most of a search.
+        # Beyond that, chunks are made on the fly so that memory stays bounded.
+        self._cache_chunks = (self.device != "cpu" or (
+            not isinstance(ref, Csr) and self.n * ref.shape[1] * 4 <= CPU_CHUNK_CACHE_BYTES))
 
     def set_hidden(self, hidden: np.ndarray | None) -> None:
         """Rows (bool mask) never returned by later searches; None shows all rows."""
