@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -273,47 +272,16 @@ async def _overhead(url: str, tmp: Path, args: argparse.Namespace, warm: int,
 
 
 # --- status under load --------------------------------------------------------------------
-async def _load(urls: list[str], shas: list[str], rate: float, seconds: float,
-                path: str) -> dict[str, Any]:
-    import httpx
-
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    clients = [httpx.AsyncClient(base_url=u, timeout=30, limits=limits) for u in urls]
-
-    async def one(i: int) -> None:
-        sha = shas[i % len(shas)]
-        url = path.format(sha=sha, model=MODEL_URL)
-        start = time.perf_counter()
-        try:
-            response = await clients[i % len(clients)].get(url)
-            key = str(response.status_code)
-        except httpx.HTTPError as exc:
-            key = type(exc).__name__
-        latencies.append(time.perf_counter() - start)
-        if key != "200":
-            errors[key] = errors.get(key, 0) + 1
-
-    tasks = []
-    begin = time.perf_counter()
-    total = int(rate * seconds)
-    for i in range(total):
-        delay = begin + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - begin
-    for client in clients:
-        await client.aclose()
-    ordered = sorted(latencies)
-    return {"path": path, "requests": total, "offered_rate": rate,
-            "achieved_rate": round(total / elapsed, 1),
-            "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
-            "p99_ms": round(1000 * ordered[int(len(ordered) * 0.99) - 1], 1),
-            "max_ms": round(1000 * ordered[-1], 1),
-            "mean_ms": round(1000 * statistics.fmean(ordered), 1), "errors": errors}
+def _load(urls: list[str], shas: list[str], rate: float, seconds: float, path: str,
+          scratch: Path) -> dict[str, Any]:
+    """bench/http_load.py in a process of its own (raw sockets, open loop)."""
+    paths = scratch / "paths.txt"
+    paths.write_text("".join(path.format(sha=sha, model=MODEL_URL) + "\n" for sha in shas))
+    done = subprocess.run(
+        [python(), str(ROOT / "bench" / "http_load.py"), "--paths", str(paths),
+         "--rate", str(rate), "--seconds", str(seconds), *urls],
+        check=True, capture_output=True, text=True)
+    return {"path": path, **json.loads(done.stdout)}
 
 
 def small_binaries(count: int, out: Path) -> list[Path]:
@@ -374,10 +342,10 @@ def cmd_status(args: argparse.Namespace) -> None:
                 for name, path in (("status_finished", "/predictions/{sha}/status"),
                                    ("results_finished",
                                     "/predictions/{sha}/{model}/results")):
-                    out[name] = await _load(urls, done, args.rate, args.seconds, path)
+                    out[name] = _load(urls, done, args.rate, args.seconds, path, Path(tmp))
                     print(name, out[name], flush=True)
-                out["status_in_flight"] = await _load(urls, running, args.rate, args.seconds,
-                                                      "/predictions/{sha}/status")
+                out["status_in_flight"] = _load(urls, running, args.rate, args.seconds,
+                                                "/predictions/{sha}/status", Path(tmp))
                 print(out["status_in_flight"], flush=True)
                 body = (await http.get(f"/predictions/{running[-1]}/status")).json()
                 out["last_in_flight_status"] = body["status"]
