@@ -1,11 +1,12 @@
 """The unpack cache's key: everything a finished unpack's result depends on.
 
-An unpack of the same bytes, under the same name and limits, by the same unpacking code
-and archive libraries, finds the same children: the sample's sha256, the name it was
-submitted under (it names the children), the limits, a digest of this package's source,
-the versions of the libraries it reads archives with, and whether unar is installed
-(RAR 5 and encrypted RAR headers). Any of them changing is a new key, so a cached
-result is never reused across an upgrade; it is unpacked again.
+An unpack of the same bytes, under the same name and limits, by the same unpacking code,
+archive libraries and external tools, finds the same children. The key is therefore made
+of: the sample's sha256, the name it was submitted under (it names the children), the
+limits, a digest of this package's source, the versions of the libraries it reads
+archives with, and which external tools it calls are installed (unar: RAR 5 and
+encrypted RAR headers; upx: packed executables). Any of them changing is a new key, so
+a cached result is never reused across an upgrade; the sample is unpacked again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -46,4 +48,5 @@ def _code_identity() -> dict[str, object]:
     import libarchive.ffi  # the C library the binding loaded
 
     return {"source": source.hexdigest(), "libraries": libraries,
-            "libarchive": libarchive.ffi.version_number(), "unar": unar_tools() is not None}
+            "libarchive": libarchive.ffi.version_number(), "unar": unar_tools() is not None,
+            "upx": bool(shutil.which("upx") or shutil.which("upx-ucl"))}

@@ -104,7 +104,9 @@ class AnalyzeSample:
             explained = await self._explain(request, embedded)
             _stop_if_cancelled()
             await self._persist(request, embedded, explained, run_id)
-        except (ActivityError, ApplicationError, asyncio.CancelledError) as err:
+        # FailureError: an ActivityError, an ApplicationError, or a local activity's own
+        # failure or cancel (they are not wrapped in an ActivityError)
+        except (FailureError, asyncio.CancelledError) as err:
             interrupted = self._stage
             if is_cancelled_exception(err):
                 metrics.count(workflow.metric_meter(), metrics.ANALYSES, outcome="revoked")
