@@ -19,12 +19,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
-from activities.stage_cache import cached_lift, summary
+from activities.stage_cache import cached_lift, store_lift, summary
 from common import metrics
 from common.contracts import BAD_SAMPLE, LiftRequest, LiftResult
 from common.failures import STORAGE_FULL
 from festive.v1.packed import PACK_VERSION
-from lifting.angr_lift import LIFT_CACHE_KIND
 from lifting.child import EXIT_MEMORY, EXIT_NO_SPACE, EXIT_OK, EXIT_UNSUPPORTED, FEATURES_SUFFIX
 from sandbox import Limits, SandboxUnavailable
 from sandbox.warm import CHILDREN_DIR, Child, Children
@@ -46,7 +45,6 @@ class Lift:
     async def lift_binary(self, request: LiftRequest) -> LiftResult:
         blobs = self.deps.blobs
         child = request.child
-        cache_kind = LIFT_CACHE_KIND
         # The cache lives in the blob store, so a lift done on one machine serves them
         # all. Blob I/O (S3 requests, downloads) runs in threads: heartbeats go on.
         cached = await asyncio.to_thread(cached_lift, blobs, child)
@@ -74,7 +72,7 @@ class Lift:
             # from the files at hand, not read back from the (possibly remote) store
             arch, count = await asyncio.to_thread(
                 summary, packed, lambda: json.loads(gzip.decompress(out.read_bytes())))
-        await asyncio.to_thread(blobs.set_derived, cache_kind, child.sha256, lift_sha)
+        await asyncio.to_thread(store_lift, blobs, child, lift_sha)
         metrics.count(meter, metrics.LIFTS, cached="false")
         metrics.count(meter, metrics.FUNCTIONS_LIFTED, count)
         return LiftResult(child, lift_sha, arch, count, cached=False)

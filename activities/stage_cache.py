@@ -4,7 +4,7 @@ Both lookups run as local activities in the orchestration worker: a reanalysis w
 unpack and lifts are cached goes to the cpu queue not at all (each trip there and back
 costs a workflow task, ~30-60 ms on this machine).
 - the lift cache: a child binary's stored lift, by the child's sha256 (`lift_binary`
-  looks there too before it lifts, and fills it);
+  looks there too before it lifts, and fills it through store_lift);
 - the unpack cache: a sample's UnpackResult, by unpacking.cache.unpack_key (filled by
   `unpack_sample`).
 """
@@ -45,6 +45,11 @@ def cached_lift(blobs: BlobStore, child: BinaryChild) -> LiftResult | None:
     arch, count = summary(blobs.read_bytes(packed_sha) if packed_sha is not None else None,
                           lambda: blobs.read_json(lift_sha))
     return LiftResult(child, lift_sha, arch, count, cached=True)
+
+
+def store_lift(blobs: BlobStore, child: BinaryChild, lift_sha256: str) -> None:
+    """Record a finished lift for cached_lift. Blocking."""
+    blobs.set_derived(LIFT_CACHE_KIND, child.sha256, lift_sha256)
 
 
 def summary(packed: bytes | None, lift: Callable[[], dict[str, Any]]) -> tuple[str, int]:

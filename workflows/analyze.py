@@ -228,16 +228,9 @@ async def _light[T](activity: str, args: Sequence[Any], result_type: type[T],
     the queue as an ordinary activity with `retry`: a database outage still shows
     operators a pending activity with its attempts and last failure."""
     if workflow.patched(LOCAL_STEPS):
-        try:
-            return await workflow.execute_local_activity(
-                activity, args=args, result_type=result_type,
-                start_to_close_timeout=timeout, retry_policy=ONE_ATTEMPT,
-            )
-        except FailureError as err:  # a local activity's own error, not an ActivityError
-            if is_cancelled_exception(err):
-                raise
-            workflow.logger.warning("%s failed here (%s); queued as an activity",
-                                    activity, _failure_details(err))
+        done = await _local_once(activity, args, result_type, timeout)
+        if done is not None:
+            return done
     return await workflow.execute_activity(
         activity, args=args, result_type=result_type, start_to_close_timeout=timeout,
         retry_policy=retry,
@@ -247,15 +240,22 @@ async def _light[T](activity: str, args: Sequence[Any], result_type: type[T],
 async def _lookup[T](activity: str, arg: Any, result_type: type[T]) -> T | None:
     """A stage cache's answer (activities/stage_cache.py), looked up here; a lookup that
     fails finds nothing: the stage's own activity then does the work."""
+    return await _local_once(activity, [arg], result_type, timedelta(minutes=1))
+
+
+async def _local_once[T](activity: str, args: Sequence[Any], result_type: type[T],
+                         timeout: timedelta) -> T | None:
+    """One attempt as a local activity in this worker; None when it failed (a cancel
+    is raised). A local activity's failure is its own error, not an ActivityError."""
     try:
         return await workflow.execute_local_activity(
-            activity, arg, result_type=result_type,
-            start_to_close_timeout=timedelta(minutes=1), retry_policy=ONE_ATTEMPT,
+            activity, args=args, result_type=result_type,
+            start_to_close_timeout=timeout, retry_policy=ONE_ATTEMPT,
         )
     except FailureError as err:
         if is_cancelled_exception(err):
             raise
-        workflow.logger.warning("%s failed (%s): nothing cached used", activity,
+        workflow.logger.warning("%s failed as a local activity (%s)", activity,
                                 _failure_details(err))
         return None
 
