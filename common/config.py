@@ -77,6 +77,7 @@ _BOUNDS: tuple[tuple[str, str, float, float], ...] = (
     ("gpu_slots", "AE_GPU_SLOTS", 1, 1_000),
     ("cpu_slots", "AE_CPU_SLOTS", 1, 1_000),
     ("warm_children", "AE_WARM_CHILDREN", 0, 64),
+    ("worker_nice", "AE_WORKER_NICE", 0, 19),
     ("max_upload_bytes", "AE_MAX_UPLOAD_BYTES", 1, math.inf),
     ("lift_timeout_s", "AE_LIFT_TIMEOUT_S", 1, math.inf),
     ("lift_memory_mb", "AE_LIFT_MEMORY_MB", 64, math.inf),
@@ -156,6 +157,10 @@ class Settings:
     # Unpack and lift children each cpu worker keeps started ahead of their job
     # (sandbox/warm.py): Python and angr are imported while the worker waits. 0: none.
     warm_children: int = field(default_factory=lambda: _env_int("AE_WARM_CHILDREN", 1))
+    # How much a worker serving the cpu or gpu queue lowers its CPU priority (nice), and
+    # with it every child it starts: on a shared machine the API and the workflows'
+    # light steps are answered first, and the lifts and embeddings take what is left.
+    worker_nice: int = field(default_factory=lambda: _env_int("AE_WORKER_NICE", 10))
     graceful_shutdown_s: int = field(
         default_factory=lambda: _env_int("AE_GRACEFUL_SHUTDOWN_S", 10)
     )

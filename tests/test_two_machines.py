@@ -44,9 +44,14 @@ async def test_processes_sharing_only_postgres_s3_and_temporal(
     medium = compile_c(tmp_path, many_functions_source(400), "-O0", name="medium")
     try:
         api_process = deployment.start("api")
-        deployment.start("orchestration")
-        deployment.start("gpu")
+        orchestration = deployment.start("orchestration")
+        gpu = deployment.start("gpu")
         cpu = [deployment.start("cpu"), deployment.start("cpu")]
+        # The cpu and gpu workers run at a lower CPU priority (AE_WORKER_NICE, 10), the
+        # API and the orchestration worker at ours.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [niceness(p.pid) for p in (api_process, orchestration, gpu, *cpu)] == [
+            ours, ours, min(ours + 10, 19), *[min(ours + 10, 19)] * 2]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_process.port}",
                                      headers={"Authorization": f"Bearer {KEY}"},
                                      timeout=60) as api:
@@ -55,11 +60,13 @@ async def test_processes_sharing_only_postgres_s3_and_temporal(
 
             # kill -9 the first cpu worker seen lifting
             deadline = time.monotonic() + 180
-            victim = None
+            victim, angr = None, []
             while victim is None and time.monotonic() < deadline:
-                victim = next((p for p in cpu if lift_children(p.pid)), None)
-                await asyncio.sleep(0.2)
+                victim = next((p for p in cpu if (angr := lift_children(p.pid))), None)
+                if victim is None:
+                    await asyncio.sleep(0.2)
             assert victim is not None, "no cpu worker started a lift"
+            assert niceness(angr[0]) == min(ours + 10, 19)  # the angr child inherits it
             victim.stop(signal.SIGKILL)
 
             for sha in (zlib_sha, medium_sha):
@@ -84,3 +91,7 @@ async def test_processes_sharing_only_postgres_s3_and_temporal(
                 assert leftovers == [], (process.name, leftovers)
     finally:
         deployment.stop_all()
+
+
+def niceness(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)

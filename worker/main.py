@@ -221,6 +221,10 @@ def main() -> None:
                    secrets=logs.secrets_of(settings))
     faulthandler.enable()  # a native crash (Temporal core, torch) leaves a traceback in the log
     roles = list(ROLES) if args.role == "all" else [args.role]
+    if settings.worker_nice and {"cpu", "gpu"} & set(roles):
+        niceness = os.nice(settings.worker_nice)  # inherited by the unpack and lift children
+        log.info("CPU priority lowered by %d (AE_WORKER_NICE): nice %d", settings.worker_nice,
+                 niceness)
     if "cpu" in roles:
         try:
             sandbox.mode()
