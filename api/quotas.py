@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 
 from api.auth import AUTH_DISABLED
-from api.state import ApiState, get_state
+from api.state import ApiState, state_of
 
 ANONYMOUS = "anonymous"
 
@@ -79,7 +79,7 @@ class RateLimiter:
 
 async def enforce_rate(request: Request) -> None:
     """Dependency of every operation but Ping, after the key guard: 429 over the rate."""
-    state = get_state(request)
+    state = state_of(request)
     settings = state.settings
     if settings.rate_limit <= 0 or state.limiter is None:
         return

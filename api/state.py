@@ -50,5 +50,11 @@ class ApiState:
         return self.client
 
 
-def get_state(request: Request) -> ApiState:
+def state_of(request: Request) -> ApiState:
     return request.app.state.ae
+
+
+async def get_state(request: Request) -> ApiState:
+    """The `State` dependency. Async: FastAPI runs a plain `def` dependency in a worker
+    thread, a hop there and back on every request."""
+    return state_of(request)

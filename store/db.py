@@ -83,9 +83,12 @@ def _retry_on_conflict[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P,
 class PredictionStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        # pre-ping: a connection the server closed (a PostgreSQL restart) is replaced, not used
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
-        if url.startswith("sqlite"):
+        # pre-ping: a connection the server closed (a PostgreSQL restart) is replaced, not
+        # used. A SQLite file has no server to lose, and the ping would cost every request
+        # three more hops to aiosqlite's thread.
+        sqlite = url.startswith("sqlite")
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not sqlite)
+        if sqlite:
             _tune_sqlite(self.engine, url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
