@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -68,7 +69,8 @@ async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: s
 # --- Prediction -------------------------------------------------------------------------
 async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
     """Rows from the database; Temporal's describe() for runs not known to have ended (an
-    ended run's view is kept per process: api/finished.py)."""
+    ended run's view is kept per process, api/finished.py; an open run's for a second,
+    api/running.py)."""
     sha256 = sha256_hash.lower()
     rows = {row.model: row for row in await state.store.list_prediction_states(sha256)}
     if not rows and await state.store.get_sample(sha256) is None:
@@ -76,20 +78,25 @@ async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
     status, detailed = {}, {}
     for model in ModelName:
         row = rows.get(model.value)
-        known = state.finished.get(row)
+        known = state.finished.get(row) or await state.running.view(
+            sha256, model.value, row, partial(_describe_status, state, sha256, model, row))
         if known is not None:
             status[model.value], detailed[model.value] = known
-            continue
-        client = await state.temporal()
-        run = await pipeline.describe_run(client, model.value, sha256)
-        if row is None and run is None:
-            continue
-        status[model.value] = pipeline.celery_status(row, run)
-        detailed[model.value] = serialisable(await pipeline.detailed_status(row, run))
-        if run is not None:
-            state.finished.put(row, run.run_id, run.running, status[model.value],
-                               detailed[model.value])
     return {"status": status, "detailed_status": detailed}
+
+
+async def _describe_status(state: ApiState, sha256: str, model: ModelName,
+                           row: Prediction | None) -> tuple[str, dict[str, Any]] | None:
+    """(Celery word, detailed status) from Temporal, None when no run is known at all."""
+    client = await state.temporal()
+    run = await pipeline.describe_run(client, model.value, sha256)
+    if row is None and run is None:
+        return None
+    word = pipeline.celery_status(row, run)
+    detail = serialisable(await pipeline.detailed_status(row, run))
+    if run is not None:
+        state.finished.put(row, run.run_id, run.running, word, detail)
+    return word, detail
 
 
 async def get_results(

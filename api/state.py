@@ -10,6 +10,7 @@ from fastapi import HTTPException, Request
 from temporalio.client import Client
 
 from api.finished import FinishedRuns
+from api.running import RecentViews
 from api.similar import SimilarIndexes
 from common.config import Settings
 from common.temporal import connect
@@ -31,7 +32,11 @@ class ApiState:
     limiter: RateLimiter | None = None  # AE_RATE_LIMIT (api/quotas.py)
     similar: SimilarIndexes = field(default_factory=SimilarIndexes)
     finished: FinishedRuns = field(default_factory=FinishedRuns)  # Get Status of ended runs
+    running: RecentViews = field(init=False)  # Get Status of open runs (AE_STATUS_REFRESH_S)
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.running = RecentViews(self.settings.status_refresh_s)
 
     async def temporal(self) -> Client:
         """Connect on first use, so the API starts (and serves stored results) without Temporal."""

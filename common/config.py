@@ -91,6 +91,7 @@ _BOUNDS: tuple[tuple[str, str, float, float], ...] = (
     ("metrics_port", "AE_METRICS_PORT", 0, 65535),
     ("batch_children_per_run", "AE_BATCH_CHILDREN_PER_RUN", 1, math.inf),
     ("rate_limit", "AE_RATE_LIMIT", 0, math.inf),
+    ("status_refresh_s", "AE_STATUS_REFRESH_S", 0, 3600),
     ("rate_burst", "AE_RATE_BURST", 0, math.inf),
     ("upload_quota_bytes", "AE_UPLOAD_QUOTA", 0, math.inf),
     ("upload_quota_window_s", "AE_UPLOAD_QUOTA_WINDOW_S", 1, math.inf),
@@ -187,6 +188,11 @@ class Settings:
     # Batch reanalysis: analyses started per workflow run before it continues as new.
     batch_children_per_run: int = field(
         default_factory=lambda: _env_int("AE_BATCH_CHILDREN_PER_RUN", 200)
+    )
+    # Get Status of an open run: each API process asks Temporal at most once per this many
+    # seconds per run (api/running.py); 0: on every request.
+    status_refresh_s: float = field(
+        default_factory=lambda: _env_float("AE_STATUS_REFRESH_S", 1.0)
     )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())

@@ -1,0 +1,91 @@
+"""Get Status of open runs: at most one describe() per run per AE_STATUS_REFRESH_S in each
+API process.
+
+While a run is open its describe() view changes (an activity starts, retries, ends), so
+Temporal is asked. Many clients polling the same runs would each cost a describe() on
+the Temporal server, which shares its machine with the workers. So each API process
+keeps the answer it made for a run for AE_STATUS_REFRESH_S seconds (1 by default; 0:
+always ask), next to the database row it was made with. The row changing (the workflow
+records a new status, the sample is queued again) retires the entry at once. Requests
+for a run whose describe() is already on its way wait for that one instead of sending
+their own. Bounded: least recently used out first.
+
+An ended run's view is kept without a time limit by api/finished.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from store.models import Prediction
+
+CAPACITY = 10_000
+
+# (Celery word, detailed status), or None when neither the database nor Temporal knows
+# a run of this model for the sample.
+View = tuple[str, dict[str, Any]] | None
+RowKey = tuple[str | None, str, datetime | None] | None
+
+
+def _row_key(row: Prediction | None) -> RowKey:
+    return None if row is None else (row.celery_task_id, row.status, row.updated_at)
+
+
+class RecentViews:
+    def __init__(self, max_age_s: float, capacity: int = CAPACITY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age_s = max_age_s
+        self.capacity = capacity
+        self.clock = clock
+        self.described = 0  # describe() calls made through here (for the tests and metrics)
+        self._entries: OrderedDict[tuple[str, str], tuple[RowKey, float, View]] = OrderedDict()
+        self._pending: dict[tuple[str, str, RowKey], asyncio.Task[View]] = {}
+
+    async def view(self, sha256: str, model: str, row: Prediction | None,
+                   describe: Callable[[], Awaitable[View]]) -> View:
+        """The kept view of this run while it is fresh and made with this row; otherwise
+        `describe()` (one at a time per run and row), kept for the next requests."""
+        key, row_key = (sha256, model), _row_key(row)
+        found = self._entries.get(key)
+        if found is not None and found[0] == row_key and (
+                self.clock() - found[1] < self.max_age_s):
+            self._entries.move_to_end(key)
+            return found[2]
+        asking = self._pending.get((sha256, model, row_key))
+        if asking is None:
+            # A task of its own: a request that goes away (its client disconnected) does
+            # not take the answer from the others waiting for it.
+            asking = asyncio.create_task(self._ask(key, row_key, describe))
+            self._pending[(sha256, model, row_key)] = asking
+            asking.add_done_callback(partial(self._asked, (sha256, model, row_key)))
+        return await asyncio.shield(asking)
+
+    async def _ask(self, key: tuple[str, str], row_key: RowKey,
+                   describe: Callable[[], Awaitable[View]]) -> View:
+        asked_at = self.clock()
+        self.described += 1
+        answer = await describe()
+        if self.max_age_s > 0:
+            self._keep(key, row_key, asked_at, answer)
+        return answer
+
+    def _asked(self, pending_key: tuple[str, str, RowKey], task: asyncio.Task[View]) -> None:
+        del self._pending[pending_key]
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every request waiting for it has gone
+
+    def _keep(self, key: tuple[str, str], row_key: RowKey, asked_at: float, view: View
+              ) -> None:
+        self._entries[key] = (row_key, asked_at, view)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
