@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = PredictionStore(settings.database_url)
+        store = PredictionStore(settings.database_url, read_cache=True)
         await store.init_schema()
         blobs = open_blobs(settings.blob_url, settings.scratch_dir, settings.s3_endpoint_url,
                            settings.s3_region)

@@ -9,13 +9,14 @@ schema is Alembic's (store/migrate.py), for both.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -61,6 +62,9 @@ from store.models import (
     StoreInfo,
     UploadUsage,
 )
+from store.read_cache import CommitWatch
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -81,7 +85,9 @@ def _retry_on_conflict[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P,
 
 
 class PredictionStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_cache: bool = False) -> None:
+        """read_cache: keep the rows of the API's polled reads while nothing is committed
+        (store/read_cache.py; SQLite files only)."""
         self.url = url
         # pre-ping: a connection the server closed (a PostgreSQL restart) is replaced, not
         # used. A SQLite file has no server to lose, and the ping would cost every request
@@ -91,6 +97,8 @@ class PredictionStore:
         if sqlite:
             _tune_sqlite(self.engine, url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        path = _sqlite_path(url) if sqlite else None
+        self.commits = CommitWatch(path) if read_cache and path else None
 
     async def init_schema(self) -> None:
         """Bring the schema to the newest migration (a database made before Alembic is
@@ -98,7 +106,16 @@ class PredictionStore:
         await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
+        if self.commits is not None:
+            self.commits.close()
         await self.engine.dispose()
+
+    async def _polled(self, key: tuple[str, ...], load: Callable[[], Awaitable[T]],
+                      size: Callable[[T], int]) -> T:
+        """A read the API repeats on every poll: kept while nothing is committed."""
+        if self.commits is None:
+            return await load()
+        return await self.commits.read(key, load, size)
 
     async def schema_version(self) -> str:
         async with self.session() as session:
@@ -173,13 +190,19 @@ class PredictionStore:
             return list(await session.scalars(query))
 
     async def get_sample(self, sha256: str) -> Sample | None:
-        async with self.session() as session:
-            return await session.get(Sample, sha256)
+        async def load() -> Sample | None:
+            async with self.session() as session:
+                return await session.get(Sample, sha256)
+
+        return await self._polled(("sample", sha256), load, lambda _: 512)
 
     # --- predictions ------------------------------------------------------------------
     async def get_prediction(self, sha256: str, model: str) -> Prediction | None:
-        async with self.session() as session:
-            return await session.get(Prediction, (sha256, model))
+        async def load() -> Prediction | None:
+            async with self.session() as session:
+                return await session.get(Prediction, (sha256, model))
+
+        return await self._polled(("prediction", sha256, model), load, _prediction_bytes)
 
     async def list_predictions(self, sha256: str) -> list[Prediction]:
         async with self.session() as session:
@@ -190,12 +213,15 @@ class PredictionStore:
     async def list_prediction_states(self, sha256: str) -> list[Prediction]:
         """list_predictions without the results and explanation (large JSON and text that
         Get Status never reads: those attributes are not loaded)."""
-        async with self.session() as session:
-            query = (select(Prediction).where(Prediction.sha256_hash == sha256)
-                     .options(defer(Prediction.prediction_results, raiseload=True),
-                              defer(Prediction.explanation_results, raiseload=True)))
-            rows = await session.scalars(query.order_by(Prediction.model))
-            return list(rows)
+        async def load() -> list[Prediction]:
+            async with self.session() as session:
+                query = (select(Prediction).where(Prediction.sha256_hash == sha256)
+                         .options(defer(Prediction.prediction_results, raiseload=True),
+                                  defer(Prediction.explanation_results, raiseload=True)))
+                rows = await session.scalars(query.order_by(Prediction.model))
+                return list(rows)
+
+        return await self._polled(("states", sha256), load, lambda rows: 1024 * (1 + len(rows)))
 
     @_retry_on_conflict
     async def create_prediction(self, sha256: str, model: str) -> bool:
@@ -800,12 +826,26 @@ async def _row_for_run(
     return row
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for an in-memory database."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+def _prediction_bytes(row: Prediction | None) -> int:
+    """About what a row holds in memory: its JSON results and explanation dominate."""
+    if row is None:
+        return 256
+    results = json.dumps(row.prediction_results, default=str) if row.prediction_results else ""
+    return 1024 + len(results) + len(row.explanation_results or "") + len(row.error_details or "")
+
+
 def _tune_sqlite(engine: AsyncEngine, url: str) -> None:
     # How long a write waits for another writer's lock before failing (and being retried
     # by the workflow); AE_SQLITE_BUSY_TIMEOUT_MS lets the fault tests shorten it.
     busy_timeout_ms = int(os.environ.get("AE_SQLITE_BUSY_TIMEOUT_MS") or 30000)
-    path = url.split(":///", 1)[-1]
-    if path and path != ":memory:":
+    path = _sqlite_path(url)
+    if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(engine.sync_engine, "connect")
