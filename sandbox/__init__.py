@@ -147,20 +147,25 @@ def bwrap_problem() -> str | None:
 
 
 # --- the command ------------------------------------------------------------------------
-def limited(argv: Sequence[str], limits: Limits) -> list[str]:
+def limited(argv: Sequence[str], limits: Limits, own_session: bool = False) -> list[str]:
     """`argv` started through the rlimit wrapper (for a child's own children too, e.g.
-    upx inside the unpack child: they inherit its sandbox and get their own limits)."""
+    upx inside the unpack child: they inherit its sandbox and get their own limits).
+    own_session: it runs in a session of its own, which gets the child's niceness
+    (rlimits.py --session-nice)."""
     cpu_s = math.ceil(limits.time_s) + 5
     wrapper = [*RLIMITS, "--as", str(limits.memory_bytes), "--cpu", str(cpu_s)]
     if limits.file_bytes is not None:
         wrapper += ["--fsize", str(limits.file_bytes)]
+    if own_session:
+        wrapper.append("--session-nice")
     return [*wrapper, "--", *argv]
 
 
 def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: Limits,
             sandbox: str, cgroup_dir: Path | None = None) -> list[str]:
     """The full command line that runs `argv` contained (in `cgroup_dir` when given)."""
-    inner = limited(argv, limits)
+    # A session of its own: the spawn's (start_new_session), and bwrap's --new-session
+    inner = limited(argv, limits, own_session=True)
     join = ([*RLIMITS, "--cgroup", str(cgroup_dir), "--"]
             if cgroup_dir is not None else [])
     if sandbox == "off":

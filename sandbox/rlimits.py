@@ -1,10 +1,12 @@
 """`python -S sandbox/rlimits.py [--cgroup DIR] [--as BYTES --cpu SECONDS [--fsize BYTES]]
--- PROGRAM ARGS...` (run as a script: standard library only)
+[--session-nice] -- PROGRAM ARGS...` (run as a script: standard library only)
 
 Joins the cgroup DIR, sets the limits on this process, asks the kernel to kill it when
-its parent dies, and execs PROGRAM, which keeps all three. This is how a contained child
-gets its limits without `preexec_fn` (unsafe in a threaded worker): the limits are set by
-the child itself, in a fresh interpreter, before the program starts.
+its parent dies, and execs PROGRAM, which keeps all three. With --session-nice (a child
+started in a session of its own), the session gets this process's niceness too.
+This is how a contained child gets its limits without `preexec_fn` (unsafe in a threaded
+worker): the limits are set by the child itself, in a fresh interpreter, before the
+program starts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import resource
 import shutil
 import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 EXIT_SETUP = 125  # the limits could not be set: the machine's problem, not the program's
@@ -27,6 +30,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--as", dest="address_space", type=int)
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--fsize", type=int)
+    parser.add_argument("--session-nice", action="store_true")
     parser.add_argument("program", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     program = args.program[1:] if args.program[:1] == ["--"] else args.program
@@ -44,6 +48,8 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"sandbox.rlimits: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    if args.session_nice:
+        _session_nice()
     executable = program[0] if "/" in program[0] else shutil.which(program[0])
     if executable is None:
         print(f"sandbox.rlimits: {program[0]}: not found", file=sys.stderr)
@@ -71,6 +77,36 @@ def _limit(args: argparse.Namespace) -> None:
         _lower(resource.RLIMIT_CPU, args.cpu, args.cpu + 5)
     if args.fsize is not None:
         _lower(resource.RLIMIT_FSIZE, args.fsize, args.fsize)
+
+
+def _session_nice() -> None:
+    """Give this process's session (its autogroup) the niceness the process inherited.
+
+    A contained child runs in a session of its own (the spawn's, and bwrap's
+    --new-session), and where the kernel groups sessions
+    (/proc/sys/kernel/sched_autogroup_enabled) each group gets a fair share of the CPU
+    whatever the niceness of the processes in it: a lift started by a worker at nice 10
+    would take a whole core from the API. Raising a group's niceness needs no privilege,
+    but the kernel takes one change per 100 ms from unprivileged processes (EAGAIN). Not
+    done is not fatal: the child runs, as before, at its fair share."""
+    niceness = os.nice(0)
+    if niceness <= 0:
+        return
+    problem = "the kernel kept answering EAGAIN"
+    for _ in range(30):
+        try:
+            with open("/proc/self/autogroup", "w") as group:
+                group.write(str(niceness))
+            return
+        except FileNotFoundError:
+            return  # a kernel without autogroups: niceness alone decides
+        except BlockingIOError:
+            time.sleep(0.05)
+        except OSError as exc:
+            problem = str(exc)
+            break
+    print(f"sandbox.rlimits: the session keeps its default priority: {problem}",
+          file=sys.stderr)
 
 
 def _lower(which: int, soft: int, hard: int) -> None:

@@ -284,6 +284,48 @@ def test_nothing_it_started_outlives_it(mode: str, data: Path) -> None:
         assert left != []  # the limit of `off` without a cgroup
 
 
+AUTOGROUP = """
+    import json, os
+    path = "/proc/self/autogroup"
+    print(json.dumps({"group": open(path).read().strip() if os.path.exists(path) else None,
+                      "nice": os.nice(0)}))
+"""
+
+
+def test_a_session_of_its_own_keeps_the_workers_priority(mode: str, data: Path) -> None:
+    """A child runs in a session of its own (the spawn's; bwrap's --new-session too), which
+    the kernel's autogroups would give a fair share of the CPU whatever the child's
+    niceness; the child hands its niceness to its session (rlimits.py --session-nice).
+    A worker 7 steps nicer than this test starts the child."""
+    ours = json.loads(subprocess.run([sys.executable, "-c", textwrap.dedent(AUTOGROUP)],
+                                     capture_output=True, text=True, check=True).stdout)
+    worker = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        import sandbox
+        done = sandbox.run_blocking([sys.executable, "-c", {textwrap.dedent(AUTOGROUP)!r}],
+                                    scratch=Path(sys.argv[1]),
+                                    limits=sandbox.Limits(memory_bytes=1 << 30, time_s=60))
+        print(json.dumps({{"code": done.code, "stderr": done.stderr, "child": done.last_line}}))
+    """)
+    ran = subprocess.run(["nice", "-n", "7", sys.executable, "-c", worker,
+                          str(data / "scratch" / "job")], capture_output=True, text=True,
+                         check=True, cwd=Path(sandbox.__file__).parent.parent)
+    result = json.loads(ran.stdout)
+    assert result["code"] == 0 and result["stderr"] == "", result
+    child = json.loads(result["child"])
+    nicer = min(ours["nice"] + 7, 19)
+    assert child["nice"] == nicer
+    if ours["group"] is None:  # a kernel without autogroups: niceness alone decides
+        assert child["group"] is None
+    else:  # both modes start the child in a session of its own
+        assert child["group"] != ours["group"] and child["group"].endswith(f" nice {nicer}")
+        # and the worker's own group is left as it was
+        assert json.loads(subprocess.run([sys.executable, "-c", textwrap.dedent(AUTOGROUP)],
+                                         capture_output=True, text=True, check=True).stdout
+                          ) == ours
+
+
 async def wait_for(condition, what: str, attempts: int = 600) -> None:
     for _ in range(attempts):
         if condition():
