@@ -71,6 +71,7 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
               ) -> dict[str, object]:
     targets = [Target(u) for u in urls]
     latencies: list[float] = []
+    by_second: dict[int, list[float]] = {}
     codes: dict[str, int] = {}
 
     async def one(i: int, due: float) -> None:
@@ -79,13 +80,14 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
             key = type(exc).__name__
         latencies.append(time.perf_counter() - due)
+        by_second.setdefault(int(due - begin), []).append(latencies[-1])
         if key != "200":
             codes[key] = codes.get(key, 0) + 1
 
     cpu0 = time.process_time()
+    begin = time.perf_counter()
     total = int(rate * seconds)
     tasks = []
-    begin = time.perf_counter()
     for i in range(total):
         due = begin + i / rate
         delay = due - time.perf_counter()
@@ -100,9 +102,16 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
         "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
         "p99_ms": round(1000 * ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
         "max_ms": round(1000 * ordered[-1], 1),
+        # p99 of the requests due in each second of the run: a slow start or a stall shows
+        "p99_by_second_ms": [round(1000 * _p99(by_second[k]), 1) for k in sorted(by_second)],
         "errors": codes, "generator_cpu_s": round(time.process_time() - cpu0, 2),
         "connections": sum(t.open for t in targets),
     }
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
 def main() -> None:

@@ -8,7 +8,7 @@
         script (CFGFast + VEX of every block) on the same bytes; then the reanalysis of
         the same sample with its lift cached (prediction deleted, queued again); one
         stack per AE_WARM_CHILDREN value
-    python bench/service.py status [--rate 500] [--seconds 10] [--in-flight 100]
+    python bench/service.py status [--rate 500] [--seconds 10] [--in-flight 100] [--settle 5]
         Get Status / Get Results latency at a fixed request rate while analyses run
     python bench/service.py throughput [--count 100] [--cpu-workers 1 2] [--warm 0 1]
         samples per minute for a batch of small binaries
@@ -274,14 +274,42 @@ async def _overhead(url: str, tmp: Path, args: argparse.Namespace, warm: int,
 # --- status under load --------------------------------------------------------------------
 def _load(urls: list[str], shas: list[str], rate: float, seconds: float, path: str,
           scratch: Path) -> dict[str, Any]:
-    """bench/http_load.py in a process of its own (raw sockets, open loop)."""
+    """bench/http_load.py in a process of its own (raw sockets, open loop), with the CPU
+    seconds each part of the stack used meanwhile (cpu_s)."""
     paths = scratch / "paths.txt"
     paths.write_text("".join(path.format(sha=sha, model=MODEL_URL) + "\n" for sha in shas))
+    before = _stack_cpu()
     done = subprocess.run(
         [python(), str(ROOT / "bench" / "http_load.py"), "--paths", str(paths),
          "--rate", str(rate), "--seconds", str(seconds), *urls],
         check=True, capture_output=True, text=True)
-    return {"path": path, **json.loads(done.stdout)}
+    after = _stack_cpu()
+    cpu = {part: round(after[part] - before.get(part, 0.0), 2) for part in after}
+    return {"path": path, **json.loads(done.stdout), "cpu_s": cpu}
+
+
+_PARTS = (("api.server", "api"), ("--role orchestration", "orchestration"),
+          ("--role cpu", "cpu worker + children"), ("--role gpu", "gpu worker"),
+          ("server start-dev", "temporal"))
+
+
+def _stack_cpu() -> dict[str, float]:
+    """CPU seconds (user + system, reaped children included) of this machine's processes
+    by part of the stack; a lift child still running counts once it has been reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        part = next((name for marker, name in _PARTS if marker in command), None)
+        if part is not None:
+            found[part] = found.get(part, 0.0) + sum(int(f) for f in fields[11:15]) / tick
+    return found
 
 
 def small_binaries(count: int, out: Path) -> list[Path]:
@@ -338,6 +366,9 @@ def cmd_status(args: argparse.Namespace) -> None:
                 for sha in done:
                     await wait_final(http, sha, poll_s=0.5)
                 running = [await submit(http, p) for p in samples[5:]]
+                # the burst of starting them (100 first workflow tasks) is over; they stay
+                # in flight for minutes (one lift at a time)
+                await asyncio.sleep(args.settle)
                 out = {}
                 for name, path in (("status_finished", "/predictions/{sha}/status"),
                                    ("results_finished",
@@ -353,7 +384,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
         result = asyncio.run(measure())
     write(f"status_api{args.api_workers}_rate{int(args.rate)}",
-          {"api_workers": args.api_workers, "in_flight": args.in_flight, **result})
+          {"api_workers": args.api_workers, "in_flight": args.in_flight, "settle_s": args.settle,
+           "status_refresh_s": os.environ.get("AE_STATUS_REFRESH_S", "1 (default)"), **result})
 
 
 def cmd_throughput(args: argparse.Namespace) -> None:
@@ -412,6 +444,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=500)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--in-flight", type=int, default=100)
+    p.add_argument("--settle", type=float, default=5,
+                   help="seconds between starting the in-flight analyses and measuring")
     p.add_argument("--api-workers", type=int, default=1)
     p = sub.add_parser("throughput")
     p.add_argument("--count", type=int, default=100)
