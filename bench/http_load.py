@@ -6,7 +6,9 @@ streams, from a process of its own.
 Request i is sent at start + i/rate to URL i mod n, for path i mod len(paths), on an idle
 connection to that URL (a new one when none is idle). Its latency counts from when it was
 due, not from when it was sent, so a generator or server that falls behind shows in the
-figures instead of slowing the offered rate (no coordinated omission). Prints one JSON
+figures instead of slowing the offered rate (no coordinated omission). A request whose
+reused connection the server had closed (keep-alive timeout) is sent again on a new one,
+as HTTP clients do. Prints one JSON
 object: requests, offered and achieved rate, p50/p99/max, the status codes other than
 200, and the CPU seconds this process used: on one machine the generator shares the
 server's cores, and httpx cost ~1 ms of CPU a request where this costs a small fraction.
@@ -32,7 +34,18 @@ class Target:
         self.open = 0
 
     async def get(self, path: str) -> int:
-        if self.idle:
+        reused = bool(self.idle)
+        try:
+            return await self._get(path)
+        except _Stale:
+            if not reused:
+                raise ConnectionError("the server closed a new connection") from None
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s) as the
+            # request went out on it: sent again on a new one, as HTTP clients do.
+            return await self._get(path, fresh=True)
+
+    async def _get(self, path: str, fresh: bool = False) -> int:
+        if self.idle and not fresh:
             reader, writer = self.idle.pop()
         else:
             if self.open >= MAX_CONNECTIONS:
@@ -44,8 +57,14 @@ class Target:
                 self.open -= 1
                 raise
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-            status = int((await reader.readline()).split(b" ", 2)[1])
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+                first = await reader.readline()
+            except (ConnectionResetError, BrokenPipeError):
+                raise _Stale from None
+            if not first:
+                raise _Stale
+            status = int(first.split(b" ", 2)[1])
             length, close = 0, False
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.partition(b":")
@@ -55,7 +74,7 @@ class Target:
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
             await reader.readexactly(length)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+        except (_Stale, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             writer.close()
             self.open -= 1
             raise
@@ -65,6 +84,10 @@ class Target:
         else:
             self.idle.append((reader, writer))
         return status
+
+
+class _Stale(Exception):
+    """The connection closed before the response began."""
 
 
 async def run(urls: list[str], paths: list[str], rate: float, seconds: float
