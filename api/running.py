@@ -15,7 +15,6 @@ An ended run's view is kept without a time limit by api/finished.py.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from common.shared_calls import SharedCalls
 from store.models import Prediction
 
 CAPACITY = 10_000
@@ -43,9 +43,9 @@ class RecentViews:
         self.max_age_s = max_age_s
         self.capacity = capacity
         self.clock = clock
-        self.described = 0  # describe() calls made through here (for the tests and metrics)
+        self.described = 0  # describe() calls made through here (the tests count them)
         self._entries: OrderedDict[tuple[str, str], tuple[RowKey, float, View]] = OrderedDict()
-        self._pending: dict[tuple[str, str, RowKey], asyncio.Task[View]] = {}
+        self._asking = SharedCalls()  # the describe() calls on their way
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
                    describe: Callable[[], Awaitable[View]]) -> View:
@@ -57,14 +57,8 @@ class RecentViews:
                 self.clock() - found[1] < self.max_age_s):
             self._entries.move_to_end(key)
             return found[2]
-        asking = self._pending.get((sha256, model, row_key))
-        if asking is None:
-            # A task of its own: a request that goes away (its client disconnected) does
-            # not take the answer from the others waiting for it.
-            asking = asyncio.create_task(self._ask(key, row_key, describe))
-            self._pending[(sha256, model, row_key)] = asking
-            asking.add_done_callback(partial(self._asked, (sha256, model, row_key)))
-        return await asyncio.shield(asking)
+        return await self._asking.call(
+            (sha256, model, row_key), partial(self._ask, key, row_key, describe))
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
                    describe: Callable[[], Awaitable[View]]) -> View:
@@ -74,11 +68,6 @@ class RecentViews:
         if self.max_age_s > 0:
             self._keep(key, row_key, asked_at, answer)
         return answer
-
-    def _asked(self, pending_key: tuple[str, str, RowKey], task: asyncio.Task[View]) -> None:
-        del self._pending[pending_key]
-        if not task.cancelled():
-            task.exception()  # retrieved, even when every request waiting for it has gone
 
     def _keep(self, key: tuple[str, str], row_key: RowKey, asked_at: float, view: View
               ) -> None:

@@ -19,12 +19,13 @@ PostgreSQL has no such counter; there every read goes to the server.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import TypeVar
+
+from common.shared_calls import SharedCalls
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ class CommitWatch:
         self._conn: sqlite3.Connection | None = None
         self._rows: OrderedDict[Hashable, tuple[int, object, int]] = OrderedDict()
         self._bytes = 0
-        self._pending: dict[tuple[Hashable, int], asyncio.Task[object]] = {}
+        self._reading = SharedCalls()
 
     def version(self) -> int | None:
         """SQLite's data_version for our connection; None when it cannot be had."""
@@ -66,25 +67,15 @@ class CommitWatch:
         if version is None:
             return await load()
         # Requests that miss together (a commit has just retired what was kept) share one
-        # read, in a task of its own so that a request going away takes nothing from the
-        # others: a stampede of reads would queue on the connection pool.
-        reading = self._pending.get((key, version))
-        if reading is None:
-            reading = asyncio.create_task(self._load(key, version, load, size))
-            self._pending[(key, version)] = reading
-            reading.add_done_callback(partial(self._loaded, (key, version)))
-        return await asyncio.shield(reading)  # type: ignore[no-any-return]
+        # read: a stampede of reads would queue on the connection pool.
+        return await self._reading.call((key, version), partial(self._load, key, version,
+                                                                load, size))
 
     async def _load(self, key: Hashable, version: int, load: Callable[[], Awaitable[T]],
                     size: Callable[[T], int]) -> T:
         value = await load()
         self._keep(key, version, value, size(value))
         return value
-
-    def _loaded(self, pending_key: tuple[Hashable, int], task: asyncio.Task[object]) -> None:
-        del self._pending[pending_key]
-        if not task.cancelled():
-            task.exception()  # retrieved, even when every request waiting for it has gone
 
     def _keep(self, key: Hashable, version: int, value: object, nbytes: int) -> None:
         old = self._rows.pop(key, None)

@@ -1,0 +1,38 @@
+"""Concurrent asks for the same thing share one call (a "single flight").
+
+The call runs in a task of its own, so a caller that goes away (its request cancelled
+because the client disconnected) takes nothing from the others waiting for it; the
+others get its answer or its exception. Used by the API's status views
+(api/running.py) and its kept rows (store/read_cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SharedCalls:
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Task[object]] = {}
+
+    async def call(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+        """`make()`'s answer; callers with the same key while it runs share the one call."""
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            self._running[key] = task
+            task.add_done_callback(partial(self._done, key))
+        return await asyncio.shield(task)  # type: ignore[return-value]
+
+    def _done(self, key: Hashable, task: asyncio.Task[object]) -> None:
+        del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller has gone
+
+    def __len__(self) -> int:
+        return len(self._running)
