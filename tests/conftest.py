@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from api.state import ApiState
 from common import search_attributes
 from common.config import Settings
 from common.contracts import FINAL_STATES, MODEL_NAME
@@ -105,8 +106,9 @@ async def running_workers(client: Client, settings: Settings) -> AsyncIterator[N
 
 
 @contextlib.asynccontextmanager
-async def api_client(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
-    """The API app over HTTP (ASGI transport), sending the internal key."""
+async def api_app(settings: Settings, client: Client
+                  ) -> AsyncIterator[tuple[ApiState, httpx.AsyncClient]]:
+    """The API app over HTTP (ASGI transport), sending the internal key, and its state."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         app.state.ae.client = client
@@ -115,7 +117,14 @@ async def api_client(settings: Settings, client: Client) -> AsyncIterator[httpx.
             transport=transport, base_url="http://ae.test",
             headers={"Authorization": f"Bearer {INTERNAL_KEY}"},
         ) as http:
-            yield http
+            yield app.state.ae, http
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app over HTTP (ASGI transport), sending the internal key."""
+    async with api_app(settings, client) as (_, http):
+        yield http
 
 
 @pytest_asyncio.fixture(scope="session")

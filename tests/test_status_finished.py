@@ -7,12 +7,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import httpx
 import pytest
 
-from api.app import create_app
 from common.contracts import MODEL_NAME
-from tests.conftest import INTERNAL_KEY, compile_c, submit, wait_for_final
+from tests.conftest import api_app, compile_c, submit, wait_for_final
 
 pytestmark = pytest.mark.usefixtures("workers")
 
@@ -36,31 +34,26 @@ async def test_finished_run_status_needs_no_temporal(settings, client, api, tmp_
 
     # An API process whose Temporal is unreachable (nothing listens on port 9): it learns
     # the ended run's view once while it still has the real client, then loses it.
-    app = create_app(dataclasses.replace(settings, temporal_address="127.0.0.1:9"))
-    async with app.router.lifespan_context(app):
-        state = app.state.ae
-        state.client = client
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://ae.test",
-                                     headers={"Authorization": f"Bearer {INTERNAL_KEY}"}) as http:
-            first = await http.get(f"/predictions/{sha256}/status")
-            assert first.status_code == 200, first.text
-            assert first.json() == final  # the same answer as from Temporal
-            assert len(state.finished) == 1
+    async with api_app(dataclasses.replace(settings, temporal_address="127.0.0.1:9"),
+                       client) as (state, http):
+        first = await http.get(f"/predictions/{sha256}/status")
+        assert first.status_code == 200, first.text
+        assert first.json() == final  # the same answer as from Temporal
+        assert len(state.finished) == 1
 
-            state.client = None  # from now on, any Temporal call fails with 503
-            again = await http.get(f"/predictions/{sha256}/status")
-            assert again.status_code == 200, again.text
-            assert again.json() == final
-            detail = again.json()["detailed_status"][MODEL_NAME]
-            assert detail["execution_status"] == "COMPLETED" and detail["stage"] == "done"
+        state.client = None  # from now on, any Temporal call fails with 503
+        again = await http.get(f"/predictions/{sha256}/status")
+        assert again.status_code == 200, again.text
+        assert again.json() == final
+        detail = again.json()["detailed_status"][MODEL_NAME]
+        assert detail["execution_status"] == "COMPLETED" and detail["stage"] == "done"
 
-            # The row changes when the sample is queued again: Temporal must be asked.
-            deleted = await api.delete(f"/internal/predictions/{sha256}/{MODEL_NAME}")
-            assert deleted.status_code in (200, 204), deleted.text
-            queued = await api.post(f"/internal/queue/{sha256}/festive")
-            assert queued.status_code == 200, queued.text
-            stale = await http.get(f"/predictions/{sha256}/status")
-            assert stale.status_code == 503, stale.text
-            assert "not reachable" in stale.json()["detail"]
+        # The row changes when the sample is queued again: Temporal must be asked.
+        deleted = await api.delete(f"/internal/predictions/{sha256}/{MODEL_NAME}")
+        assert deleted.status_code in (200, 204), deleted.text
+        queued = await api.post(f"/internal/queue/{sha256}/festive")
+        assert queued.status_code == 200, queued.text
+        stale = await http.get(f"/predictions/{sha256}/status")
+        assert stale.status_code == 503, stale.text
+        assert "not reachable" in stale.json()["detail"]
     assert (await wait_for_final(api, sha256))["status"][MODEL_NAME] == "SUCCESS"
