@@ -8,10 +8,10 @@ connection to that URL (a new one when none is idle). Its latency counts from wh
 due, not from when it was sent, so a generator or server that falls behind shows in the
 figures instead of slowing the offered rate (no coordinated omission). A request whose
 reused connection the server had closed (keep-alive timeout) is sent again on a new one,
-as HTTP clients do. Prints one JSON
-object: requests, offered and achieved rate, p50/p99/max, the status codes other than
-200, and the CPU seconds this process used: on one machine the generator shares the
-server's cores, and httpx cost ~1 ms of CPU a request where this costs a small fraction.
+as HTTP clients do. Prints one JSON object: requests, offered and achieved rate,
+p50/p99/max and the p99 of each second, the status codes other than 200, and the CPU
+seconds this process used: on one machine the generator shares the server's cores, and
+httpx cost ~1 ms of CPU a request where this costs a small fraction.
 """
 
 from __future__ import annotations
