@@ -4,11 +4,14 @@ API process.
 While a run is open its describe() view changes (an activity starts, retries, ends), so
 Temporal is asked. Many clients polling the same runs would each cost a describe() on
 the Temporal server, which shares its machine with the workers. So each API process
-keeps the answer it made for a run for AE_STATUS_REFRESH_S seconds (1 by default; 0:
-always ask), next to the database row it was made with. The row changing (the workflow
-records a new status, the sample is queued again) retires the entry at once. Requests
-for a run whose describe() is already on its way wait for that one instead of sending
-their own. Bounded: least recently used out first.
+keeps the answer it made for a run, next to the database row it was made with, and asks
+again once it is AE_STATUS_REFRESH_S old (1 s by default; 0: always ask). A request that
+finds a view past its refresh gets it at once while the new describe() runs for the
+requests after it (a describe() can take hundreds of milliseconds on a busy Temporal
+server; a view up to STALE_FACTOR refreshes old is answered that way, an older one is
+waited for). The row changing (the workflow records a new status, the sample is queued
+again) retires the entry at once. Requests for a run whose describe() is on its way wait
+for that one instead of sending their own. Bounded: least recently used out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
@@ -26,6 +29,9 @@ from common.shared_calls import SharedCalls
 from store.models import Prediction
 
 CAPACITY = 10_000
+# A view past its refresh, but younger than this many refreshes, is answered at once while
+# a describe() for the next request runs; an older one is waited for.
+STALE_FACTOR = 5
 
 # (Celery word, detailed status), or None when neither the database nor Temporal knows
 # a run of this model for the sample.
@@ -49,16 +55,20 @@ class RecentViews:
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
                    describe: Callable[[], Awaitable[View]]) -> View:
-        """The kept view of this run while it is fresh and made with this row; otherwise
-        `describe()` (one at a time per run and row), kept for the next requests."""
+        """The view kept for this run and row while it is fresh; while it is due but not
+        yet STALE_FACTOR refreshes old, the same, with a describe() started behind it;
+        otherwise the answer of `describe()` (one at a time per run and row), kept."""
         key, row_key = (sha256, model), _row_key(row)
+        ask = partial(self._ask, key, row_key, describe)
         found = self._entries.get(key)
-        if found is not None and found[0] == row_key and (
-                self.clock() - found[1] < self.max_age_s):
-            self._entries.move_to_end(key)
-            return found[2]
-        return await self._asking.call(
-            (sha256, model, row_key), partial(self._ask, key, row_key, describe))
+        if found is not None and found[0] == row_key:
+            age = self.clock() - found[1]
+            if age < self.max_age_s * STALE_FACTOR:
+                self._entries.move_to_end(key)
+                if age >= self.max_age_s:  # due: answered now, refreshed for the next
+                    self._asking.start((sha256, model, row_key), ask)
+                return found[2]
+        return await self._asking.call((sha256, model, row_key), ask)
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
                    describe: Callable[[], Awaitable[View]]) -> View:

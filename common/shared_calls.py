@@ -22,12 +22,17 @@ class SharedCalls:
 
     async def call(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
         """`make()`'s answer; callers with the same key while it runs share the one call."""
+        return await asyncio.shield(self.start(key, make))  # type: ignore[return-value]
+
+    def start(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> asyncio.Task[object]:
+        """The call for `key`: the one running, else `make()` started now. Nobody need
+        wait for it: its answer or exception is collected either way."""
         task = self._running.get(key)
         if task is None:
             task = asyncio.ensure_future(make())
             self._running[key] = task
             task.add_done_callback(partial(self._done, key))
-        return await asyncio.shield(task)  # type: ignore[return-value]
+        return task
 
     def _done(self, key: Hashable, task: asyncio.Task[object]) -> None:
         del self._running[key]

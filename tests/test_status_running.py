@@ -1,17 +1,20 @@
 """Get Status of an open run (api/running.py): each API process asks Temporal at most once
 per AE_STATUS_REFRESH_S per run, requests arriving together share one describe(), a
-changed row is seen at once, and a refresh of 0 asks every time. Real Temporal dev
-server and SQLite; the run waits on an orchestration queue that no worker polls, so it
-stays open for the whole test."""
+changed row is seen at once, a refresh of 0 asks every time (real Temporal dev server
+and SQLite; the run waits on an orchestration queue that no worker polls, so it stays
+open for the whole test); a view that is due is answered while the next is asked."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Awaitable
+from typing import Any
 
 from temporalio.client import Client
 
+from api.running import STALE_FACTOR, RecentViews
 from common.config import Settings
 from common.contracts import MODEL_NAME, workflow_id
 from tests.conftest import api_app, submit
@@ -57,3 +60,39 @@ async def test_open_run_is_described_once_per_refresh(settings: Settings, client
         finally:
             await client.get_workflow_handle(workflow_id(MODEL_NAME, sha256)).terminate(
                 reason="test over")
+
+
+async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
+    """A describe() can take long on a busy Temporal server: a request that finds the
+    kept view due gets it at once, and the next ones get the new view when it is in."""
+    now = [0.0]
+    views = RecentViews(max_age_s=1.0, clock=lambda: now[0])
+    slow = asyncio.Event()
+
+    async def describe() -> tuple[str, dict[str, int]]:
+        number = views.described
+        if number == 2:
+            await slow.wait()
+        return "STARTED", {"describe": number}
+
+    def asked() -> Awaitable[tuple[str, dict[str, Any]] | None]:
+        return views.view("s" * 64, MODEL_NAME, None, describe)
+
+    assert await asked() == ("STARTED", {"describe": 1})
+    now[0] = 0.5
+    assert await asked() == ("STARTED", {"describe": 1}) and views.described == 1  # fresh
+    now[0] = 1.5  # due: the kept view at once, a describe() behind it (held up here)
+    assert await asyncio.wait_for(asked(), timeout=5) == ("STARTED", {"describe": 1})
+    await asyncio.sleep(0)  # the describe() behind it starts
+    assert views.described == 2
+    assert await asked() == ("STARTED", {"describe": 1})  # still on its way: not asked again
+    await asyncio.sleep(0)
+    assert views.described == 2
+    slow.set()
+    for _ in range(100):
+        if await asked() == ("STARTED", {"describe": 2}):
+            break
+        await asyncio.sleep(0.01)
+    assert await asked() == ("STARTED", {"describe": 2}) and views.described == 2
+    now[0] = 1.5 + STALE_FACTOR * 1.0  # too old to answer: waited for
+    assert await asked() == ("STARTED", {"describe": 3})
