@@ -18,6 +18,7 @@ An ended run's view is kept without a time limit by api/finished.py.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ CAPACITY = 10_000
 # A view past its refresh, but younger than this many refreshes, is answered at once while
 # a describe() for the next request runs; an older one is waited for.
 STALE_FACTOR = 5
+JITTER = 0.5
 
 # (Celery word, detailed status), or None when neither the database nor Temporal knows
 # a run of this model for the sample.
@@ -50,7 +52,9 @@ class RecentViews:
         self.capacity = capacity
         self.clock = clock
         self.described = 0  # describe() calls made through here (the tests count them)
-        self._entries: OrderedDict[tuple[str, str], tuple[RowKey, float, View]] = OrderedDict()
+        # (row key, due at, too stale at, view)
+        self._entries: OrderedDict[tuple[str, str], tuple[RowKey, float, float, View]] = (
+            OrderedDict())
         self._asking = SharedCalls()  # the describe() calls on their way
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
@@ -62,12 +66,13 @@ class RecentViews:
         ask = partial(self._ask, key, row_key, describe)
         found = self._entries.get(key)
         if found is not None and found[0] == row_key:
-            age = self.clock() - found[1]
-            if age < self.max_age_s * STALE_FACTOR:
+            kept_row, due_at, stale_at, view = found
+            now = self.clock()
+            if now < stale_at:
                 self._entries.move_to_end(key)
-                if age >= self.max_age_s:  # due: answered now, refreshed for the next
+                if now >= due_at:  # due: answered now, refreshed for the next
                     self._asking.start((sha256, model, row_key), ask)
-                return found[2]
+                return view
         return await self._asking.call((sha256, model, row_key), ask)
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
@@ -81,7 +86,11 @@ class RecentViews:
 
     def _keep(self, key: tuple[str, str], row_key: RowKey, asked_at: float, view: View
               ) -> None:
-        self._entries[key] = (row_key, asked_at, view)
+        # Due a little before its refresh, by a random part of up to JITTER of it: views
+        # first asked together (a client polling many runs) are not asked again together.
+        due_at = asked_at + self.max_age_s * (1 - JITTER * random.random())
+        stale_at = asked_at + self.max_age_s * STALE_FACTOR
+        self._entries[key] = (row_key, due_at, stale_at, view)
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
