@@ -189,8 +189,8 @@ class Settings:
     batch_children_per_run: int = field(
         default_factory=lambda: _env_int("AE_BATCH_CHILDREN_PER_RUN", 200)
     )
-    # Get Status of an open run: each API process asks Temporal at most once per this many
-    # seconds per run (api/running.py); 0: on every request.
+    # Get Status of an open run: each API process asks Temporal again once its view of a
+    # run is this many seconds old (api/running.py); 0: on every request.
     status_refresh_s: float = field(
         default_factory=lambda: _env_float("AE_STATUS_REFRESH_S", 1.0)
     )
