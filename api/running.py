@@ -31,10 +31,8 @@ from store.models import Prediction
 
 CAPACITY = 10_000
 # A view past its refresh, but younger than this many refreshes, is answered at once while
-# a describe() for the next request runs; an older one is waited for. Small, because a
-# client that polls every few seconds would otherwise always get the view its previous
-# poll started.
-STALE_FACTOR = 2
+# a describe() for the next request runs; an older one is waited for.
+STALE_FACTOR = 5
 JITTER = 0.5
 
 # (Celery word, detailed status), or None when neither the database nor Temporal knows
