@@ -31,7 +31,11 @@ from store.models import Prediction
 
 CAPACITY = 10_000
 # A view past its refresh, but younger than this many refreshes, is answered at once while
-# a describe() for the next request runs; an older one is waited for.
+# a describe() for the next request runs; an older one is waited for. The price: a client
+# that polls every few seconds gets the view its previous poll started (a final status
+# still comes through the row at once). At 2, with 100 runs polled at 500/s, describe()
+# calls slowed by a busy Temporal server let views age past it and a second of requests
+# waited (p99 651 ms in that second; BENCHMARKS.md).
 STALE_FACTOR = 5
 JITTER = 0.5
 
