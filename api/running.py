@@ -1,17 +1,19 @@
-"""Get Status of open runs: at most one describe() per run per AE_STATUS_REFRESH_S in each
+"""Get Status of open runs: about one describe() per run per AE_STATUS_REFRESH_S in each
 API process.
 
 While a run is open its describe() view changes (an activity starts, retries, ends), so
 Temporal is asked. Many clients polling the same runs would each cost a describe() on
 the Temporal server, which shares its machine with the workers. So each API process
 keeps the answer it made for a run, next to the database row it was made with, and asks
-again once it is AE_STATUS_REFRESH_S old (1 s by default; 0: always ask). A request that
-finds a view past its refresh gets it at once while the new describe() runs for the
-requests after it (a describe() can take hundreds of milliseconds on a busy Temporal
-server; a view up to STALE_FACTOR refreshes old is answered that way, an older one is
-waited for). The row changing (the workflow records a new status, the sample is queued
-again) retires the entry at once. Requests for a run whose describe() is on its way wait
-for that one instead of sending their own. Bounded: least recently used out first.
+again once it is due: at a random point in the second half of AE_STATUS_REFRESH_S (1 s
+by default; 0: always ask), so that views first asked together are not asked again
+together. A request that finds a view due gets it at once while the new describe() runs
+for the requests after it (a describe() can take hundreds of milliseconds on a busy
+Temporal server; a view up to STALE_FACTOR refreshes old is answered that way, an older
+one is waited for). The row changing (the workflow records a new status, the sample is
+queued again) retires the entry at once. Requests for a run whose describe() is on its
+way wait for that one instead of sending their own. Bounded: least recently used out
+first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
