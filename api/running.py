@@ -7,12 +7,12 @@ the Temporal server, which shares its machine with the workers. So each API proc
 keeps the answer it made for a run, next to the database row it was made with, and asks
 again once it is due: at a random point in the second half of AE_STATUS_REFRESH_S (1 s
 by default; 0: always ask), so that views first asked together are not asked again
-together. A request that finds a view due gets it at once while the new describe() runs
-for the requests after it (a describe() can take hundreds of milliseconds on a busy
-Temporal server; a view up to STALE_FACTOR refreshes old is answered that way, an older
-one is waited for). The row changing (the workflow records a new status, the sample is
-queued again) retires the entry at once. Requests for a run whose describe() is on its
-way wait for that one instead of sending their own. Bounded: least recently used out
+together. A request that finds a view due, for a run that is polled often, gets it at
+once while the new describe() runs for the requests after it (a describe() can take
+hundreds of milliseconds on a busy Temporal server; see STALE_FACTOR); other requests
+wait for the new view. The row changing (the workflow records a new status, the sample
+is queued again) retires the entry at once. Requests for a run whose describe() is on
+its way wait for that one instead of sending their own. Bounded: least recently used out
 first.
 
 An ended run's view is kept without a time limit by api/finished.py.
@@ -24,6 +24,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -32,13 +33,16 @@ from common.shared_calls import SharedCalls
 from store.models import Prediction
 
 CAPACITY = 10_000
-# A view past its refresh, but younger than this many refreshes, is answered at once while
-# a describe() for the next request runs; an older one is waited for. The price: a client
-# that polls every few seconds gets the view its previous poll started (a final status
-# still comes through the row at once). At 2, with 100 runs polled at 500/s, describe()
-# calls slowed by a busy Temporal server let views age past it and a second of requests
-# waited (p99 651 ms in that second; BENCHMARKS.md).
+# A view that is due is answered at once, with a describe() started behind it, while it
+# is younger than this many refreshes and its run was asked about within the last
+# refresh (a run polled often). Otherwise the request waits for the new view: a client
+# that polls every few seconds gets a fresh one, not the view its previous poll started.
+# At 2, with 100 runs polled at 500/s, describe() calls slowed by a busy Temporal server
+# let views age past it and a second of requests waited (p99 651 ms; BENCHMARKS.md).
 STALE_FACTOR = 5
+# A view falls due a little before its refresh, by a random part of up to this much of
+# it: views first asked together (a client polling many runs) are not asked again
+# together.
 JITTER = 0.5
 
 # (Celery word, detailed status), or None when neither the database nor Temporal knows
@@ -51,34 +55,43 @@ def _row_key(row: Prediction | None) -> RowKey:
     return None if row is None else (row.celery_task_id, row.status, row.updated_at)
 
 
+@dataclass
+class _Kept:
+    row_key: RowKey
+    view: View
+    due_at: float
+    stale_at: float
+    asked_at: float  # the last request about this run
+
+
 class RecentViews:
     def __init__(self, max_age_s: float, capacity: int = CAPACITY,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, jitter: float = JITTER) -> None:
         self.max_age_s = max_age_s
         self.capacity = capacity
         self.clock = clock
+        self.jitter = jitter
         self.described = 0  # describe() calls made through here (the tests count them)
-        # (row key, due at, too stale at, view)
-        self._entries: OrderedDict[tuple[str, str], tuple[RowKey, float, float, View]] = (
-            OrderedDict())
+        self._entries: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._asking = SharedCalls()  # the describe() calls on their way
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
                    describe: Callable[[], Awaitable[View]]) -> View:
-        """The view kept for this run and row while it is fresh; while it is due but not
-        yet STALE_FACTOR refreshes old, the same, with a describe() started behind it;
+        """The view kept for this run and row while it is fresh; while it is due, for a
+        run polled often, the same with a describe() started behind it (STALE_FACTOR);
         otherwise the answer of `describe()` (one at a time per run and row), kept."""
         key, row_key = (sha256, model), _row_key(row)
         ask = partial(self._ask, key, row_key, describe)
-        found = self._entries.get(key)
-        if found is not None and found[0] == row_key:
-            kept_row, due_at, stale_at, view = found
-            now = self.clock()
-            if now < stale_at:
+        kept = self._entries.get(key)
+        now = self.clock()
+        if kept is not None and kept.row_key == row_key:
+            polled_often = now - kept.asked_at < self.max_age_s
+            kept.asked_at = now
+            if now < kept.due_at or (polled_often and now < kept.stale_at):
                 self._entries.move_to_end(key)
-                if now >= due_at:  # due: answered now, refreshed for the next
+                if now >= kept.due_at:  # due: answered now, refreshed for the next
                     self._asking.start((sha256, model, row_key), ask)
-                return view
+                return kept.view
         return await self._asking.call((sha256, model, row_key), ask)
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
@@ -92,11 +105,12 @@ class RecentViews:
 
     def _keep(self, key: tuple[str, str], row_key: RowKey, asked_at: float, view: View
               ) -> None:
-        # Due a little before its refresh, by a random part of up to JITTER of it: views
-        # first asked together (a client polling many runs) are not asked again together.
-        due_at = asked_at + self.max_age_s * (1 - JITTER * random.random())
-        stale_at = asked_at + self.max_age_s * STALE_FACTOR
-        self._entries[key] = (row_key, due_at, stale_at, view)
+        old = self._entries.get(key)
+        last_request = max(asked_at, old.asked_at) if old is not None else asked_at
+        self._entries[key] = _Kept(
+            row_key, view,
+            due_at=asked_at + self.max_age_s * (1 - self.jitter * random.random()),
+            stale_at=asked_at + self.max_age_s * STALE_FACTOR, asked_at=last_request)
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

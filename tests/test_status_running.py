@@ -63,15 +63,16 @@ async def test_open_run_is_described_once_per_refresh(settings: Settings, client
 
 
 async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
-    """A describe() can take long on a busy Temporal server: a request that finds the
-    kept view due gets it at once, and the next ones get the new view when it is in."""
+    """A describe() can take long on a busy Temporal server: for a run polled often, a
+    request that finds the kept view due gets it at once, and the next ones get the new
+    view when it is in. A run polled now and then, or a view too old, is waited for."""
     now = [0.0]
-    views = RecentViews(max_age_s=1.0, clock=lambda: now[0])
+    views = RecentViews(max_age_s=1.0, clock=lambda: now[0], jitter=0)
     slow = asyncio.Event()
 
     async def describe() -> tuple[str, dict[str, int]]:
         number = views.described
-        if number == 2:
+        if number in (2, 4):
             await slow.wait()
         return "STARTED", {"describe": number}
 
@@ -81,10 +82,11 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
     assert await asked() == ("STARTED", {"describe": 1})
     now[0] = 0.5
     assert await asked() == ("STARTED", {"describe": 1}) and views.described == 1  # fresh
-    now[0] = 1.5  # due: the kept view at once, a describe() behind it (held up here)
+    now[0] = 1.2  # due, and polled 0.7 s ago: the kept view at once, a describe() behind it
     assert await asyncio.wait_for(asked(), timeout=5) == ("STARTED", {"describe": 1})
-    await asyncio.sleep(0)  # the describe() behind it starts
+    await asyncio.sleep(0)  # the describe() behind it starts (held up here)
     assert views.described == 2
+    now[0] = 1.3
     assert await asked() == ("STARTED", {"describe": 1})  # still on its way: not asked again
     await asyncio.sleep(0)
     assert views.described == 2
@@ -94,5 +96,19 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
             break
         await asyncio.sleep(0.01)
     assert await asked() == ("STARTED", {"describe": 2}) and views.described == 2
-    now[0] = 1.5 + STALE_FACTOR * 1.0  # too old to answer: waited for
+
+    now[0] = 1.3 + 3  # due, but last polled 3 s ago: a fresh view is waited for
     assert await asked() == ("STARTED", {"describe": 3})
+
+    # Polled often while its describe() is held up: the view is answered until it is
+    # STALE_FACTOR refreshes old, then waited for.
+    slow.clear()
+    while now[0] < 4.3 + STALE_FACTOR - 0.5:
+        now[0] += 0.5
+        assert await asked() == ("STARTED", {"describe": 3})
+    now[0] = 4.3 + STALE_FACTOR
+    waiting = asyncio.ensure_future(asked())
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and views.described == 4  # the held one, not a fifth
+    slow.set()
+    assert await asyncio.wait_for(waiting, timeout=5) == ("STARTED", {"describe": 4})
