@@ -20,8 +20,13 @@ from store.models import Prediction
 CAPACITY = 50_000
 
 
-def _row_key(row: Prediction) -> tuple[str | None, str, datetime | None]:
-    return (row.celery_task_id, row.status, row.updated_at)
+# What identifies the state of a row: its run, status and last update.
+RowKey = tuple[str | None, str, datetime | None] | None
+
+
+def row_state(row: Prediction | None) -> RowKey:
+    """The row's state, as api/finished.py and api/running.py compare it."""
+    return None if row is None else (row.celery_task_id, row.status, row.updated_at)
 
 
 class FinishedRuns:
@@ -36,7 +41,7 @@ class FinishedRuns:
             return None
         key = (row.sha256_hash, row.model)
         found = self._entries.get(key)
-        if found is None or found[0] != _row_key(row):
+        if found is None or found[0] != row_state(row):
             return None
         self._entries.move_to_end(key)
         return found[1], found[2]
@@ -48,7 +53,7 @@ class FinishedRuns:
         if (row is None or running or row.status not in FINAL_STATES or run_id is None
                 or run_id != row.celery_task_id):
             return
-        self._entries[(row.sha256_hash, row.model)] = (_row_key(row), word, detail)
+        self._entries[(row.sha256_hash, row.model)] = (row_state(row), word, detail)
         self._entries.move_to_end((row.sha256_hash, row.model))
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

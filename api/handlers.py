@@ -69,8 +69,8 @@ async def _start_if_needed(state: ApiState, sha256: str, model: str, filename: s
 # --- Prediction -------------------------------------------------------------------------
 async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
     """Rows from the database; Temporal's describe() for runs not known to have ended (an
-    ended run's view is kept per process, api/finished.py; an open run's for a second,
-    api/running.py)."""
+    ended run's view is kept per process, api/finished.py; an open run's until it is due
+    again, AE_STATUS_REFRESH_S, api/running.py)."""
     sha256 = sha256_hash.lower()
     rows = {row.model: row for row in await state.store.list_prediction_states(sha256)}
     if not rows and await state.store.get_sample(sha256) is None:

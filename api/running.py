@@ -25,10 +25,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any
 
+from api.finished import RowKey, row_state
 from common.shared_calls import SharedCalls
 from store.models import Prediction
 
@@ -48,11 +48,6 @@ JITTER = 0.5
 # (Celery word, detailed status), or None when neither the database nor Temporal knows
 # a run of this model for the sample.
 View = tuple[str, dict[str, Any]] | None
-RowKey = tuple[str | None, str, datetime | None] | None
-
-
-def _row_key(row: Prediction | None) -> RowKey:
-    return None if row is None else (row.celery_task_id, row.status, row.updated_at)
 
 
 @dataclass
@@ -80,7 +75,7 @@ class RecentViews:
         """The view kept for this run and row while it is fresh; while it is due, for a
         run polled often, the same with a describe() started behind it (STALE_FACTOR);
         otherwise the answer of `describe()` (one at a time per run and row), kept."""
-        key, row_key = (sha256, model), _row_key(row)
+        key, row_key = (sha256, model), row_state(row)
         ask = partial(self._ask, key, row_key, describe)
         kept = self._entries.get(key)
         now = self.clock()
@@ -114,6 +109,3 @@ class RecentViews:
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)

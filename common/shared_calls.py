@@ -38,6 +38,3 @@ class SharedCalls:
         del self._running[key]
         if not task.cancelled():
             task.exception()  # retrieved, even when every caller has gone
-
-    def __len__(self) -> int:
-        return len(self._running)

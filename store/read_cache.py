@@ -59,13 +59,13 @@ class CommitWatch:
                    size: Callable[[T], int]) -> T:
         """`load()`'s answer, or the one kept for `key` if nothing was committed since."""
         version = self.version()
+        if version is None:
+            return await load()
         found = self._rows.get(key)
-        if version is not None and found is not None and found[0] == version:
+        if found is not None and found[0] == version:
             self._rows.move_to_end(key)
             self.hits += 1
             return found[1]  # type: ignore[return-value]
-        if version is None:
-            return await load()
         # Requests that miss together (a commit has just retired what was kept) share one
         # read: a stampede of reads would queue on the connection pool.
         return await self._reading.call((key, version), partial(self._load, key, version,
