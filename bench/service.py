@@ -83,7 +83,8 @@ marks = {"start": (time.perf_counter(), os.times())}
 def say(message):
     marks.setdefault(message.split(" ")[0].rstrip(":"), (time.perf_counter(), os.times()))
 lift, graphs = lift_binary_extras(sys.argv[1], progress=say, workers=int(sys.argv[2]),
-                                  chunk_size=int(sys.argv[3]), extra=graph_if_considered)
+                                  chunk_size=int(sys.argv[3]), extra=graph_if_considered,
+                                  slice_bytes=1 << 62)  # one CFG (bench/lift_slices.py: slices)
 marks["end"] = (time.perf_counter(), os.times())
 cpu = lambda t: t.user + t.system + t.children_user + t.children_system
 def phase(a, b):

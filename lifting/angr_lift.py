@@ -17,10 +17,12 @@ import multiprocessing
 import re
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+
+from lifting import cfg_slices
 
 # /2: referenced strings are filled in. /3: addresses are the file's own virtual
 # addresses (as `nm`/objdump show them), jump-table fragments are merged into their
@@ -99,18 +101,20 @@ def lift_binary_extras(
     workers: int = 1,
     chunk_size: int = DEFAULT_CHUNK,
     extra: Callable[[dict[str, Any]], Any] | None = None,
+    slice_bytes: int = cfg_slices.SLICE_BYTES,
 ) -> tuple[dict[str, Any], list[Any]]:
     """lift_binary, plus extra(record) of every lifted function (None without `extra`),
     computed where the function was lifted (the caller's features, in parallel too).
 
-    Parallel split: CFGFast runs once, here; then the functions to lift are cut into
-    chunks of chunk_size and `workers` forked processes (copy-on-write views of the
-    project and CFG) lift one chunk at a time; records come back in address order, so
-    the output does not depend on workers or chunk_size. Progress is reported per chunk.
+    Two ways to share a lift between `workers` forked processes; the output does not
+    depend on their number:
+    - a big x86 ELF (lifting/cfg_slices.py) is cut into slices; each process recovers
+      the CFG of one slice at a time, then lifts that slice's functions;
+    - any other binary has one CFGFast here; then its functions are cut into chunks of
+      chunk_size that the processes lift (copy-on-write views of the project and CFG).
+    Records come back in address order. Progress is reported per slice or chunk.
     """
-    _quiet_angr()
-    import angr  # heavy: imported only where lifting actually happens
-
+    angr = import_angr()
     say = progress or (lambda _msg: None)
     try:
         project = angr.Project(path, auto_load_libs=False, load_debug_info=False)
@@ -124,31 +128,27 @@ def lift_binary_extras(
         raise UnsupportedBinary("not an executable format angr recognises")
     arch = project.arch
     say(f"loaded {obj.__class__.__name__} {arch.name}")
-    cfg = project.analyses.CFGFast(normalize=True, data_references=True, show_progressbar=False)
-    say(f"cfg: {len(cfg.kb.functions)} functions")
-
     to_file = _file_addresses(obj)
-    candidates = [
-        func for func in sorted(cfg.kb.functions.values(), key=lambda f: f.addr)
-        if not (func.is_plt or func.is_simprocedure or func.is_syscall or func.is_alignment)
-        and obj.contains_addr(func.addr)
-    ]
-    ranges = _unwind_ranges(obj)
-    starts = _padded_starts(obj, cfg, candidates, ranges)
-    parts = _fragments(obj, cfg, candidates, ranges, starts) if merge_fragments else {}
-    absorbed = {frag.addr for frags in parts.values() for frag in frags}
-    say(f"merged {len(absorbed)} jump-table fragments into {len(parts)} functions")
-
-    todo = [func for func in candidates if func.addr not in absorbed]
-    job = _LiftJob(project, cfg, todo, parts, to_file, starts, extra)
-    lifted = None
-    if workers > 1 and max_functions is None and len(todo) > PARALLEL_MIN_CHUNKS * chunk_size:
-        try:
-            lifted = _lift_parallel(job, workers, chunk_size, say)
-        except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
-            say("a lift worker died: lifting the functions in this process")
-    if lifted is None:
-        lifted = _lift_serial(job, max_functions, say)
+    plan = (cfg_slices.plan(project, path, slice_bytes)
+            if merge_fragments and max_functions is None else None)
+    if plan is not None:
+        lifted, absorbed = _lift_slices(_SliceJob(project, plan, to_file, extra), workers, say)
+    else:
+        cfg = project.analyses.CFGFast(normalize=True, data_references=True,
+                                       show_progressbar=False)
+        say(f"cfg: {len(cfg.kb.functions)} functions")
+        job = _LiftJob.of(project, cfg, to_file, extra, merge_fragments)
+        absorbed = job.absorbed
+        say(f"merged {absorbed} jump-table fragments into {len(job.parts)} functions")
+        lifted = None
+        chunks = len(job.todo) / chunk_size
+        if workers > 1 and max_functions is None and chunks > PARALLEL_MIN_CHUNKS:
+            try:
+                lifted = _lift_parallel(job, workers, chunk_size, say)
+            except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
+                say("a lift worker died: lifting the functions in this process")
+        if lifted is None:
+            lifted = _lift_serial(job, max_functions, say)
     functions = [record for record, _extra in lifted]
 
     return {
@@ -160,10 +160,29 @@ def lift_binary_extras(
             "endness": str(arch.memory_endness),
             "entry": hex(to_file(project.entry)),
             "stripped": is_stripped(path, obj, functions),
-            "fragments_merged": len(absorbed),
+            "fragments_merged": absorbed,
         },
         "functions": functions,
     }, [e for _record, e in lifted]
+
+
+def import_angr() -> Any:
+    """angr, with its CFG and function maps kept in memory.
+
+    By default angr 10 moves CFG nodes and functions beyond the first thousand to an
+    LMDB file and reads them back on use: on tar that cost 20-25% of CFGFast's time
+    for ~20 MB less memory, and a process forked while the file is open must not write
+    to it (the sliced lift forks and then runs CFGFast). The switches are module
+    constants read when a knowledge base is made, so they are set after the import.
+    """
+    _quiet_angr()
+    import angr  # heavy: imported only where lifting actually happens
+    from angr.knowledge_plugins.cfg import spilling_cfg
+    from angr.knowledge_plugins.functions import function_manager
+
+    spilling_cfg.USE_SPILLING_CFGNODE_DICT = False
+    function_manager.USE_SPILLING_FUNCTION_DICT = False
+    return angr
 
 
 class _LiftJob:
@@ -171,18 +190,56 @@ class _LiftJob:
 
     def __init__(self, project: Any, cfg: Any, todo: list[Any], parts: dict[int, list[Any]],
                  to_file: Callable[[int], int], starts: dict[int, int],
-                 extra: Callable[[dict[str, Any]], Any] | None) -> None:
+                 extra: Callable[[dict[str, Any]], Any] | None,
+                 foreign: frozenset[int] = frozenset()) -> None:
         self.project, self.cfg, self.todo, self.parts = project, cfg, todo, parts
-        self.to_file, self.starts, self.extra = to_file, starts, extra
+        self.to_file, self.starts, self.extra, self.foreign = to_file, starts, extra, foreign
+        self.absorbed = sum(len(frags) for frags in parts.values())
+
+    @classmethod
+    def of(cls, project: Any, cfg: Any, to_file: Callable[[int], int],
+           extra: Callable[[dict[str, Any]], Any] | None, merge_fragments: bool = True,
+           owns: Callable[[int], bool] = lambda _addr: True,
+           foreign: frozenset[int] = frozenset()) -> _LiftJob:
+        """The functions of a recovered CFG to lift (those `owns` accepts), with the
+        jump-table fragments merged into their function."""
+        obj = project.loader.main_object
+        candidates = [
+            func for func in sorted(cfg.kb.functions.values(), key=lambda f: f.addr)
+            if not (func.is_plt or func.is_simprocedure or func.is_syscall or func.is_alignment)
+            and obj.contains_addr(func.addr) and owns(func.addr)
+        ]
+        ranges = _unwind_ranges(obj)
+        starts = _padded_starts(obj, cfg, candidates, ranges)
+        parts = _fragments(obj, cfg, candidates, ranges, starts) if merge_fragments else {}
+        absorbed = {frag.addr for frags in parts.values() for frag in frags}
+        todo = [func for func in candidates if func.addr not in absorbed]
+        return cls(project, cfg, todo, parts, to_file, starts, extra, foreign)
 
     def lift(self, lo: int, hi: int) -> list[tuple[dict[str, Any], Any]]:
         out = []
         for func in self.todo[lo:hi]:
             record = _lift_function(self.project, self.cfg, func, self.parts.get(func.addr, []),
-                                    self.to_file, self.starts.get(func.addr))
+                                    self.to_file, self.starts.get(func.addr), self.foreign)
             if record is not None:
                 out.append((record, self.extra(record) if self.extra else None))
         return out
+
+
+class _SliceJob:
+    """What lifting one slice needs, shared with forked workers by inheritance."""
+
+    def __init__(self, project: Any, plan: cfg_slices.SlicePlan, to_file: Callable[[int], int],
+                 extra: Callable[[dict[str, Any]], Any] | None) -> None:
+        self.project, self.plan, self.to_file, self.extra = project, plan, to_file, extra
+
+    def lift(self, i: int) -> tuple[list[tuple[dict[str, Any], Any]], int]:
+        """Slice i's CFG, then its functions: (records with extras, fragments merged)."""
+        with cfg_slices.hooked(self.project, self.plan, i) as foreign:
+            cfg = cfg_slices.recover(self.project, self.plan, i)
+            job = _LiftJob.of(self.project, cfg, self.to_file, self.extra,
+                              owns=lambda addr: self.plan.owner(addr) == i, foreign=foreign)
+            return job.lift(0, len(job.todo)), job.absorbed
 
 
 def _lift_serial(job: _LiftJob, max_functions: int | None,
@@ -278,6 +335,63 @@ def is_stripped(path: str, obj: Any, functions: list[dict[str, Any]]) -> bool:
     except (ELFError, pefile.PEFormatError, OSError, ValueError, KeyError):
         pass
     return not any(f.get("name") for f in functions)
+
+
+_SLICES: _SliceJob | None = None  # the slices a forked worker inherited
+
+
+def _lift_one_slice(i: int) -> tuple[list[tuple[dict[str, Any], Any]], int]:
+    if _SLICES is None:
+        raise RuntimeError("slice worker started without a job (not forked from the lifter)")
+    return _SLICES.lift(i)
+
+
+def _lift_slices(job: _SliceJob, workers: int, say: Callable[[str], None]
+                 ) -> tuple[list[tuple[dict[str, Any], Any]], int]:
+    """Every slice lifted (by `workers` forked processes, or here); then a cold part that
+    a function of another slice took as blocks is dropped as a function of its own."""
+    global _SLICES
+    count = len(job.plan)
+    done: dict[int, tuple[list[tuple[dict[str, Any], Any]], int]] = {}
+
+    def report(i: int) -> None:
+        say(f"lifted {sum(len(d[0]) for d in done.values())} functions "
+            f"({len(done)}/{count} slices, slice {i + 1} had {len(done[i][0])})")
+
+    if workers > 1:
+        _SLICES = job
+        gc.freeze()  # see _lift_parallel
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(workers, count), mp_context=context,
+                                     initializer=_die_with_parent) as pool:
+                futures = {pool.submit(_lift_one_slice, i): i for i in range(count)}
+                try:
+                    for future in as_completed(futures):
+                        done[futures[future]] = future.result()
+                        report(futures[future])
+                except Exception:  # angr failed on a slice: the others are not worth waiting for
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
+            say("a lift worker died: lifting the remaining slices in this process")
+        finally:
+            _SLICES = None
+            gc.unfreeze()
+    for i in range(count):
+        if i not in done:
+            done[i] = job.lift(i)
+            report(i)
+
+    taken: dict[str, set[int]] = {}
+    for i in range(count):
+        for record, _extra in done[i][0]:
+            for block in record["blocks"]:
+                if block["addr"] != record["addr"]:
+                    taken.setdefault(block["addr"], set()).add(i)
+    lifted = [(record, extra) for i in range(count) for record, extra in done[i][0]
+              if not taken.get(record["addr"], set()) - {i}]
+    return lifted, sum(d[1] for d in done.values())
 
 
 def _unwind_ranges(obj: Any) -> list[tuple[int, int]]:
@@ -378,12 +492,13 @@ def _only_reached_from(cfg: Any, func: Any, start: int, end: int) -> bool:
 
 
 def _lift_function(project: Any, cfg: Any, func: Any, fragments: list[Any],
-                   to_file: Callable[[int], int], start: int | None = None
-                   ) -> dict[str, Any] | None:
+                   to_file: Callable[[int], int], start: int | None = None,
+                   foreign: frozenset[int] = frozenset()) -> dict[str, Any] | None:
     """One function (plus the fragments merged into it) as blocks, edges, VEX, calls.
 
     start: where the function really begins when angr began it in padding before
-    (_padded_starts); its first block is lifted again from there.
+    (_padded_starts); its first block is lifted again from there. foreign: stubs that
+    stand for functions of other slices (lifting/cfg_slices.py), not imports.
     """
     pieces = [func, *fragments]
     blocks = sorted({b.addr: b for piece in pieces for b in piece.blocks}.values(),
@@ -422,7 +537,9 @@ def _lift_function(project: Any, cfg: Any, func: Any, fragments: list[Any],
     for piece in pieces:
         for site in piece.get_call_sites():
             target = piece.get_call_target(site)
-            callee = cfg.kb.functions.function(addr=target) if target is not None else None
+            if target is None or target in foreign:
+                continue
+            callee = cfg.kb.functions.function(addr=target)
             if callee is not None and not callee.name.startswith("Unresolvable") and (
                     callee.is_plt or callee.is_simprocedure):
                 calls.append(callee.name)

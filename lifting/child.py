@@ -6,8 +6,9 @@ lines on stdout and, on failure, one line `ERROR <message>` on stderr.
 Exit codes tell the parent what happened (see EXIT_*). The worker starts it ahead of its
 job through sandbox/serve.py, which calls `prepare` first.
 
-After one CFG recovery, functions are lifted and featurised by AE_LIFT_WORKERS forked
-processes (default: the CPUs this process may run on) in chunks of AE_LIFT_CHUNK.
+AE_LIFT_WORKERS forked processes (default: the CPUs this process may run on) share the
+lift: the CFG slices of a big x86 ELF (lifting/cfg_slices.py), or else, after one CFG
+recovery, the functions in chunks of AE_LIFT_CHUNK.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def main(argv: list[str]) -> int:
 
 def prepare() -> None:
     """The imports of a lift, done before the sample arrives (sandbox/serve.py)."""
-    import angr  # noqa: F401 - loaded now, used by lifting.angr_lift
-
     import festive.v1.packed  # noqa: F401
-    import lifting.angr_lift  # noqa: F401
+    from lifting.angr_lift import import_angr
+
+    import_angr()  # loaded now, used by lifting.angr_lift
 
 
 def _lift(sample: str, out: str) -> int:

@@ -1,12 +1,14 @@
-"""The parallel lift (one CFG, functions lifted and featurised by forked workers in
-chunks) gives the serial lift's functions and features, in the library and through the
-lift child. Real angr on a real Debian binary; < 60 s."""
+"""The parallel lift gives the serial lift's functions and features, in the library and
+through the lift child: one CFG with functions lifted and featurised by forked workers
+in chunks, and a CFG recovered in slices (lifting/cfg_slices.py). Real angr on a real
+Debian binary; < 60 s."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from festive.v1.graph import FunctionGraph
 from festive.v1.packed import from_bytes, graph_if_considered, pack_lift
 from lifting.angr_lift import lift_binary_extras
 from lifting.child import EXIT_OK, FEATURES_SUFFIX
+from tests.conftest import compile_c
 
 SAMPLE = Path("/usr/bin/true")  # coreutils: on every Debian machine, ~85 functions
 ARRAYS = ("tok", "tok_w", "tok_block", "edges", "ftok", "ftok_w")
@@ -71,3 +74,75 @@ def test_a_bad_worker_count_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode != EXIT_OK
     assert "AE_LIFT_WORKERS must be a positive integer" in done.stderr
 
+
+
+# --- the sliced CFG (lifting/cfg_slices.py) ------------------------------------------------
+# /usr/bin/true's .text is ~14 KB: slices of 4 KB cut it the way a big binary is cut.
+SLICE_BYTES = 4096
+
+
+def test_sliced_lift_is_the_same_for_any_number_of_workers() -> None:
+    said: list[str] = []
+    alone, alone_graphs = lift_binary_extras(str(SAMPLE), progress=said.append,
+                                             slice_bytes=SLICE_BYTES, extra=graph_if_considered)
+    shared, shared_graphs = lift_binary_extras(str(SAMPLE), workers=2, slice_bytes=SLICE_BYTES,
+                                               extra=graph_if_considered)
+
+    slices = [int(m.group(1)) for m in map(re.compile(r"\((\d+)/\1 slices").search, said) if m]
+    assert slices and slices[0] >= 3, said  # cut into several slices (cuts at function starts)
+    assert len(alone["functions"]) > 40
+    assert shared == alone  # every block, edge, VEX statement, call and string
+    assert all(same_graph(a, b) for a, b in zip(alone_graphs, shared_graphs, strict=True))
+    addrs = [int(f["addr"], 16) for f in alone["functions"]]
+    assert addrs == sorted(set(addrs))  # address order, no function twice
+    # the stubs standing for other slices' functions are not calls to imports
+    calls = {c for f in alone["functions"] for c in f["calls"]}
+    assert "free" in calls and not {c for c in calls if c.startswith("OtherSlice")}
+
+
+def _calls_across_slices() -> str:
+    """C in which functions call, across slices, a function that never returns (`die`,
+    last in the file) and one that does (`late`); gcc -O2 moves their unlikely paths to
+    cold parts at the start of .text."""
+    parts = ["#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
+             "void die(const char *m) __attribute__((noreturn, noinline));",
+             "int late(int x) __attribute__((noinline));"]
+    for i in range(48):
+        parts.append(f"""
+__attribute__((noinline)) int f{i}(int x, const char *s) {{
+    if (__builtin_expect(x == {1000 + i}, 0)) {{ fprintf(stderr, "odd {i} %s", s); abort(); }}
+    if (x < {i}) die("f{i}: too small");
+    int acc = (int)strlen(s);
+    for (int k = 0; k < x % {i + 3}; k++) acc = acc * {i + 7} + (s[k % 4] ^ k);
+    if (acc == {i * 31}) return late(acc);
+    return acc + x;
+}}""")
+    calls = "\n".join(f"    t += f{i}(argc + {i}, argv[0]);" for i in range(48))
+    parts.append(f"""
+__attribute__((noinline)) int late(int x) {{ if (x > 1000000) die("late"); return x / 3; }}
+int main(int argc, char **argv) {{
+    int t = 0;
+{calls}
+    return t & 1;
+}}
+void die(const char *m) {{ fprintf(stderr, "fatal: %s", m); exit(2); }}
+""")
+    return "\n".join(parts)
+
+
+def test_sliced_lift_agrees_with_one_whole_binary_cfg(tmp_path: Path) -> None:
+    # ~11 KB of .text in slices of 2 KB: most callers of `die` are in another slice
+    program = str(compile_c(tmp_path, _calls_across_slices(), "-O2", name="across"))
+    whole, _ = lift_binary_extras(program, slice_bytes=1 << 62)
+    said: list[str] = []
+    sliced, _ = lift_binary_extras(program, progress=said.append, slice_bytes=2048)
+
+    assert any(" slices, slice " in m for m in said), said
+    assert len(whole["functions"]) > 50
+    a = {f["addr"]: f for f in whole["functions"]}
+    b = {f["addr"]: f for f in sliced["functions"]}
+    assert a.keys() == b.keys()
+    # every block, edge, VEX statement, call and string: without the stubs, or with
+    # `die` taken to return, the callers in other slices come out different
+    assert sorted(k for k in a if a[k] != b[k]) == []
+    assert sliced["binary"] == whole["binary"]
