@@ -84,9 +84,10 @@ def lift_binary(
 ) -> dict[str, Any]:
     """Recover functions with CFGFast and return their blocks, edges and VEX statements.
 
-    merge_fragments=False keeps angr's own function split (for measuring the merge).
-    workers > 1 lifts the functions in forked processes after one CFG recovery (see
-    lift_binary_extras); the result is the same as with one.
+    merge_fragments=False keeps angr's own function split (for measuring the merge), and
+    so does max_functions; both recover the CFG in one piece. workers > 1 shares the
+    lift between forked processes (see lift_binary_extras); the result is the same as
+    with one.
     """
     lifted, _extras = lift_binary_extras(path, progress, max_functions, merge_fragments,
                                          workers, chunk_size)
@@ -358,6 +359,7 @@ def _lift_slices(job: _SliceJob, workers: int, say: Callable[[str], None]
         say(f"lifted {sum(len(d[0]) for d in done.values())} functions "
             f"({len(done)}/{count} slices, slice {i + 1} had {len(done[i][0])})")
 
+    say(f"recovering the CFG in {count} slices, {min(workers, count)} at a time")
     if workers > 1:
         _SLICES = job
         gc.freeze()  # see _lift_parallel

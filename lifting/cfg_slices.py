@@ -116,23 +116,23 @@ def plan(project: Any, path: str, slice_bytes: int = SLICE_BYTES) -> SlicePlan |
     if sum(min(end, hi) - a for a, end, _cold in entries) < MIN_UNWIND_COVER * (hi - lo):
         return None
     ranges = [(a, end) for a, end, _cold in entries]
-    targets, no_return, called = _sweep(project, ranges, {a for a, _end in ranges})
+    read = _sweep(project, ranges, {a for a, _end in ranges})
     # A cold part of a function without a frame (`push %rax; call abort`) starts with the
     # CFA of an entry; it never returns and nothing calls it: it is jumped to.
     cold = [(a, end) for a, end, is_cold in entries
-            if is_cold or (a in no_return and a not in called)]
+            if is_cold or (a in read.no_return and a not in read.called)]
     cold_set = set(cold)
     hot = [r for r in ranges if r not in cold_set]
     start_set = {a for a, _end in hot}
     starts = sorted(start_set)
-    cuts = sorted({starts[min(bisect.bisect_left(starts, lo + (hi - lo) * k // count),
-                              len(starts) - 1)] for k in range(1, count)} - {lo})
+    cuts = _even_cuts(starts, [read.branches[a] + 1 for a in starts], count, lo)
     if not cuts:
         return None
-    cold_targets = {t for a, _end in cold for t in targets[a]}
+    cold_targets = {t for a, _end in cold for t in read.targets[a]}
     reached = []
     for i in range(len(cuts) + 1):
-        mine = {t for a, _end in hot if bisect.bisect_right(cuts, a) == i for t in targets[a]}
+        mine = {t for a, _end in hot if bisect.bisect_right(cuts, a) == i
+                for t in read.targets[a]}
         # the next slice's first function, where a last block may run on into
         after = {cuts[i]} if i < len(cuts) else set()
         reached.append(frozenset(t for t in mine | cold_targets | after
@@ -140,8 +140,23 @@ def plan(project: Any, path: str, slice_bytes: int = SLICE_BYTES) -> SlicePlan |
     return SlicePlan(
         cuts=tuple(cuts), section=section,
         shared=tuple(sorted([r for r in sections if r != section] + cold)),
-        reached=tuple(reached), no_return=frozenset(no_return & start_set),
+        reached=tuple(reached), no_return=frozenset(read.no_return & start_set),
     )
+
+
+def _even_cuts(starts: list[int], weights: list[int], count: int, lo: int) -> list[int]:
+    """Function starts that cut the section into `count` slices of about equal weight
+    (CFGFast's work grows with the blocks, not the bytes: tar's first half by bytes,
+    with main and the cold parts, took 15.5 s against 11.4 s)."""
+    total = sum(weights)
+    cuts, running, k = [], 0, 1
+    for start, weight in zip(starts, weights, strict=True):
+        if k < count and running + weight / 2 >= total * k / count:
+            if start > lo:
+                cuts.append(start)
+            k += 1
+        running += weight
+    return cuts
 
 
 @contextlib.contextmanager
@@ -207,27 +222,37 @@ def _unwind_entries(path: str, base: int) -> list[tuple[int, int, bool]]:
     return sorted(out)
 
 
-def _sweep(project: Any, ranges: list[tuple[int, int]], starts: set[int]
-           ) -> tuple[dict[int, set[int]], set[int], set[int]]:
-    """A linear read of each unwind range: the function starts it calls or jumps to;
-    the functions that cannot return; the starts something calls directly.
+@dataclass
+class _Read:
+    """What a linear read of the unwind ranges found, by range start."""
+
+    targets: dict[int, set[int]]  # function starts each range calls or jumps to
+    branches: dict[int, int]  # jumps, calls and returns in each range: its blocks, roughly
+    no_return: set[int]  # ranges that cannot return
+    called: set[int]  # what something calls directly
+
+
+def _sweep(project: Any, ranges: list[tuple[int, int]], starts: set[int]) -> _Read:
+    """Read each unwind range with capstone, in a straight line.
 
     A function cannot return when its range holds no `ret`, and its jumps out of the
     range go only to such functions; a jump to anything else (an import, an indirect
     target) is taken to return, as CFGFast takes an unknown callee."""
     md = project.arch.capstone
-    targets: dict[int, set[int]] = {}
-    called: set[int] = set()
+    read = _Read({}, {}, set(), set())
     tails: dict[int, set[int]] = {}
     returns: set[int] = set()
     for lo, hi in ranges:
-        reached, out = targets.setdefault(lo, set()), tails.setdefault(lo, set())
+        reached, out = read.targets.setdefault(lo, set()), tails.setdefault(lo, set())
+        branches = 0
         data = project.loader.memory.load(lo, hi - lo)
         for _addr, _size, mnemonic, operand in md.disasm_lite(data, lo):
             word = mnemonic.split()[-1] if mnemonic else ""
             if word.startswith("ret"):
                 returns.add(lo)
+                branches += 1
             elif word.startswith("j") or word == "call":
+                branches += 1
                 try:
                     target = int(operand, 16)
                 except ValueError:  # indirect: a table or a tail call through a pointer
@@ -237,9 +262,10 @@ def _sweep(project: Any, ranges: list[tuple[int, int]], starts: set[int]
                 if target in starts:
                     reached.add(target)
                 if word == "call":
-                    called.add(target)
+                    read.called.add(target)
                 if word != "call" and not lo <= target < hi:
                     out.add(target)
+        read.branches[lo] = read.branches.get(lo, 0) + branches
     changed = True
     while changed:
         changed = False
@@ -247,4 +273,5 @@ def _sweep(project: Any, ranges: list[tuple[int, int]], starts: set[int]
             if lo not in returns and any(t in returns or t not in starts for t in jumps):
                 returns.add(lo)
                 changed = True
-    return targets, {lo for lo, _hi in ranges} - returns, called
+    read.no_return = {lo for lo, _hi in ranges} - returns
+    return read
