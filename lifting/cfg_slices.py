@@ -2,28 +2,30 @@
 
 One CFGFast over a whole binary runs in one process, and on a library of thousands of
 functions it is most of the lift (75% of the serial CPU on tar). Here the largest
-executable section is cut, at function starts from .eh_frame, into slices of about
-`slice_bytes`, and CFGFast runs limited to one slice (`regions=`). What a run over the
-whole binary would know about the code outside the slice is handed in:
+executable section is cut, at function starts from .eh_frame, into a power of two of
+slices (`slice_count`) of about equal work (the jumps, calls and returns a linear read
+with capstone finds in each function), and CFGFast runs limited to one slice
+(`regions=`). What a run over the whole binary would know about the code outside the
+slice is handed in:
 
-- each function start outside the slice that the slice's code calls or jumps to (read
-  linearly with capstone) is hooked with a stub, and the stub's address is a region of
-  its own (CFGFast drops any job outside its regions): a call or a tail jump to it ends
-  there, as at a function that returns, or at one that never does when its unwind range
-  holds no `ret` and no tail jump to a function that returns (`no_return`);
+- each function start of another slice that the slice's code calls or jumps to is
+  hooked with a stub, and the stub's address is a region of its own (CFGFast drops any
+  job outside its regions): a call or a tail jump to it ends there, as at a function
+  that returns, or at one that never does when its unwind range holds no `ret` and no
+  tail jump to a function that returns (`no_return`);
 - gcc's cold parts (`foo.cold`: an FDE whose first row moves the CFA, i.e. code entered
   in the middle of a frame, or one that cannot return and that nothing calls) are in
-  every slice's regions, so that a function gets the
-  blocks of its cold part wherever they lie, as in one run; a cold part that a function
-  of another slice took as blocks is not a function of its own (`lifting.angr_lift`);
+  every slice's regions, so that a function gets the blocks of its cold part wherever
+  they lie, as in one run; a cold part that a function of another slice took as blocks
+  is not a function of its own (`lifting.angr_lift`);
 - the small executable sections (.init, .plt, .plt.sec, .fini) are in every slice.
 
 A function belongs to the slice its start is in. The slices depend on the binary only,
 never on the number of processes, so the lift is the same however many ran it.
 
 It is not always the lift of one whole-binary CFGFast: `bench/lift_slices.py` compares
-them function by function (BENCHMARKS.md: 98.3% of tar's records identical, 99.98% of
-libgio's). Known causes of the rest:
+them function by function (BENCHMARKS.md, "Parallel lift"). Known causes of the
+differences:
 - CFGFast leaves some functions' `returning` undecided within a slice and then counts any
   endpoint, a call to a function that never returns included, as a return; the callers
   then keep the block after such a call;
@@ -111,8 +113,8 @@ def plan(project: Any, path: str, slice_bytes: int = SLICE_BYTES) -> SlicePlan |
     count = slice_count(hi - lo, slice_bytes)
     if count < 2:
         return None
-    entries = [(a, a + n, cold) for a, n, cold in _unwind_entries(path, obj.mapped_base)
-               if lo <= a < hi]
+    entries = [(a, min(a + n, hi), cold)
+               for a, n, cold in _unwind_entries(path, obj.mapped_base) if lo <= a < hi]
     if sum(min(end, hi) - a for a, end, _cold in entries) < MIN_UNWIND_COVER * (hi - lo):
         return None
     ranges = [(a, end) for a, end, _cold in entries]
@@ -202,7 +204,6 @@ def recover(project: Any, plan: SlicePlan, i: int) -> Any:
 
 def _unwind_entries(path: str, base: int) -> list[tuple[int, int, bool]]:
     """(start, length, is a cold part) of each .eh_frame FDE, in angr's addresses."""
-    from elftools.common.exceptions import ELFError
     from elftools.dwarf.callframe import FDE
     from elftools.elf.elffile import ELFFile
 
@@ -217,8 +218,8 @@ def _unwind_entries(path: str, base: int) -> list[tuple[int, int, bool]]:
                     first = next((ins.opcode for ins in entry.instructions), None)
                     out.append((entry.header["initial_location"] + base,
                                 entry.header["address_range"], first in _CFA_MOVES))
-        except (ELFError, ValueError, KeyError, IndexError, AttributeError):
-            return []  # damaged tables (pyelftools): lift in one piece rather than guess
+        except Exception:  # pyelftools on crafted tables raises many types
+            return []  # lift in one piece rather than guess
     return sorted(out)
 
 
