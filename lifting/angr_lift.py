@@ -130,8 +130,9 @@ def lift_binary_extras(
     arch = project.arch
     say(f"loaded {obj.__class__.__name__} {arch.name}")
     to_file = _file_addresses(obj)
-    plan = (cfg_slices.plan(project, path, slice_bytes)
-            if merge_fragments and max_functions is None else None)
+    plan = None
+    if merge_fragments and max_functions is None:  # both ask for angr's own single run
+        plan = _slices(project, path, slice_bytes, say)
     if plan is not None:
         lifted, absorbed = _lift_slices(_SliceJob(project, plan, to_file, extra), workers, say)
     else:
@@ -165,6 +166,19 @@ def lift_binary_extras(
         },
         "functions": functions,
     }, [e for _record, e in lifted]
+
+
+def _slices(project: Any, path: str, slice_bytes: int,
+            say: Callable[[str], None]) -> cfg_slices.SlicePlan | None:
+    """The binary's CFG slices; None (one CFG) where there are none or where reading
+    its tables failed: a crafted file is lifted the way it was before slicing."""
+    try:
+        return cfg_slices.plan(project, path, slice_bytes)
+    except MemoryError:
+        raise
+    except Exception as exc:  # capstone and cle on crafted input raise many types
+        say(f"CFG in one piece: the slices could not be planned ({type(exc).__name__}: {exc})")
+        return None
 
 
 def import_angr() -> Any:

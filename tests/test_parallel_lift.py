@@ -6,6 +6,7 @@ Debian binary; < 60 s."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -14,10 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from elftools.elf.elffile import ELFFile
 
 from festive.v1.graph import FunctionGraph
 from festive.v1.packed import from_bytes, graph_if_considered, pack_lift
-from lifting.angr_lift import lift_binary_extras
+from lifting import cfg_slices
+from lifting.angr_lift import import_angr, lift_binary_extras
 from lifting.child import EXIT_OK, FEATURES_SUFFIX
 from tests.conftest import compile_c
 
@@ -146,3 +149,22 @@ def test_sliced_lift_agrees_with_one_whole_binary_cfg(tmp_path: Path) -> None:
     # `die` taken to return, the callers in other slices come out different
     assert sorted(k for k in a if a[k] != b[k]) == []
     assert sliced["binary"] == whole["binary"]
+
+
+def test_a_big_binary_is_planned_in_slices_and_damaged_tables_mean_one_cfg(
+        tmp_path: Path) -> None:
+    # planning only (no CFG): tar has ~360 KB of .text, above the default threshold
+    angr = import_angr()
+    tar = Path("/usr/bin/tar")
+    plan = cfg_slices.plan(angr.Project(str(tar), auto_load_libs=False), str(tar))
+    assert plan is not None and len(plan) == 2
+    assert all(plan.foreign(i) for i in range(len(plan)))  # each reaches the other slice
+    assert plan.no_return  # e.g. the functions that end in `usage` or `abort`
+
+    damaged = tmp_path / "tar"
+    data = bytearray(tar.read_bytes())
+    section = ELFFile(io.BytesIO(bytes(data))).get_section_by_name(".eh_frame")
+    offset, size = section["sh_offset"], section["sh_size"]
+    data[offset:offset + size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    damaged.write_bytes(bytes(data))
+    assert cfg_slices.plan(angr.Project(str(damaged), auto_load_libs=False), str(damaged)) is None
