@@ -78,7 +78,6 @@ def test_a_bad_worker_count_is_a_clear_error(tmp_path: Path) -> None:
     assert "AE_LIFT_WORKERS must be a positive integer" in done.stderr
 
 
-
 # --- the sliced CFG (lifting/cfg_slices.py) ------------------------------------------------
 # /usr/bin/true's .text is ~14 KB: slices of 4 KB cut it the way a big binary is cut.
 SLICE_BYTES = 4096
