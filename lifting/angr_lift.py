@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -269,13 +269,13 @@ def _lift_serial(job: _LiftJob, max_functions: int | None,
     return lifted
 
 
-_JOB: _LiftJob | None = None  # the job a forked worker inherited
+_INHERITED: _LiftJob | _SliceJob | None = None  # the job a forked worker inherited
 
 
-def _lift_chunk(bounds: tuple[int, int]) -> list[tuple[dict[str, Any], Any]]:
-    if _JOB is None:
+def _lift_inherited(args: tuple[int, ...]) -> Any:
+    if _INHERITED is None:
         raise RuntimeError("lift worker started without a job (not forked from the lifter)")
-    return _JOB.lift(*bounds)
+    return _INHERITED.lift(*args)
 
 
 def _die_with_parent() -> None:
@@ -285,29 +285,43 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _lift_parallel(job: _LiftJob, workers: int, chunk_size: int,
-                   say: Callable[[str], None]) -> list[tuple[dict[str, Any], Any]]:
-    global _JOB
-    chunks = [(lo, min(lo + chunk_size, len(job.todo)))
-              for lo in range(0, len(job.todo), chunk_size)]
-    lifted: list[tuple[dict[str, Any], Any]] = []
-    _JOB = job
+def _forked(job: _LiftJob | _SliceJob, items: list[tuple[int, ...]],
+            workers: int) -> Iterator[tuple[int, Any]]:
+    """(index, job.lift(*item)) of every item, as `workers` forked processes finish
+    them; the workers see the job (project, CFG) copy-on-write. Raises BrokenProcessPool
+    when a worker dies; on any failure the items not yet started are dropped."""
+    global _INHERITED
+    _INHERITED = job
     # Objects made so far (angr's project and CFG) go to a generation the collector never
     # scans: a forked worker that ran a full collection would write to every object and
     # so copy the whole parent's memory page by page.
     gc.freeze()
     try:
-        context = multiprocessing.get_context("fork")  # workers must inherit the CFG
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
+        context = multiprocessing.get_context("fork")  # workers must inherit the job
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=context,
                                  initializer=_die_with_parent) as pool:
-            for done, part in enumerate(pool.map(_lift_chunk, chunks), 1):
-                lifted += part
-                say(f"lifted {len(lifted)} functions ({done}/{len(chunks)} chunks, "
-                    f"{workers} workers)")
+            futures = {pool.submit(_lift_inherited, item): i for i, item in enumerate(items)}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            except BaseException:  # not worth waiting for the rest
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
-        _JOB = None
+        _INHERITED = None
         gc.unfreeze()
-    return lifted
+
+
+def _lift_parallel(job: _LiftJob, workers: int, chunk_size: int,
+                   say: Callable[[str], None]) -> list[tuple[dict[str, Any], Any]]:
+    chunks = [(lo, min(lo + chunk_size, len(job.todo)))
+              for lo in range(0, len(job.todo), chunk_size)]
+    parts: dict[int, list[tuple[dict[str, Any], Any]]] = {}
+    for i, part in _forked(job, chunks, workers):
+        parts[i] = part
+        say(f"lifted {sum(map(len, parts.values()))} functions ({len(parts)}/{len(chunks)} "
+            f"chunks, {workers} workers)")
+    return [pair for i in range(len(chunks)) for pair in parts[i]]
 
 
 def _is_arm(arch: Any) -> bool:
@@ -352,20 +366,10 @@ def is_stripped(path: str, obj: Any, functions: list[dict[str, Any]]) -> bool:
     return not any(f.get("name") for f in functions)
 
 
-_SLICES: _SliceJob | None = None  # the slices a forked worker inherited
-
-
-def _lift_one_slice(i: int) -> tuple[list[tuple[dict[str, Any], Any]], int]:
-    if _SLICES is None:
-        raise RuntimeError("slice worker started without a job (not forked from the lifter)")
-    return _SLICES.lift(i)
-
-
 def _lift_slices(job: _SliceJob, workers: int, say: Callable[[str], None]
                  ) -> tuple[list[tuple[dict[str, Any], Any]], int]:
     """Every slice lifted (by `workers` forked processes, or here); then a cold part that
     a function of another slice took as blocks is dropped as a function of its own."""
-    global _SLICES
     count = len(job.plan)
     done: dict[int, tuple[list[tuple[dict[str, Any], Any]], int]] = {}
 
@@ -375,25 +379,12 @@ def _lift_slices(job: _SliceJob, workers: int, say: Callable[[str], None]
 
     say(f"recovering the CFG in {count} slices, {min(workers, count)} at a time")
     if workers > 1:
-        _SLICES = job
-        gc.freeze()  # see _lift_parallel
         try:
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(min(workers, count), mp_context=context,
-                                     initializer=_die_with_parent) as pool:
-                futures = {pool.submit(_lift_one_slice, i): i for i in range(count)}
-                try:
-                    for future in as_completed(futures):
-                        done[futures[future]] = future.result()
-                        report(futures[future])
-                except Exception:  # angr failed on a slice: the others are not worth waiting for
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            for i, result in _forked(job, [(i,) for i in range(count)], workers):
+                done[i] = result
+                report(i)
         except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
             say("a lift worker died: lifting the remaining slices in this process")
-        finally:
-            _SLICES = None
-            gc.unfreeze()
     for i in range(count):
         if i not in done:
             done[i] = job.lift(i)
