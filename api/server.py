@@ -9,7 +9,10 @@ at one byte a second holds a connection as long as it likes. `GuardedH11Protocol
   have arrived, so a large upload on a slow line is fine and a trickle is not.
 
 A client over either limit gets `408 Request Timeout` (when no response has started)
-and its connection is closed; the handler, if any, sees the client disconnect.
+and its connection is closed; the handler, if any, sees the client disconnect. The close
+lingers: the 408 and the end of the stream go out, and what the client still sends is
+read and dropped until it closes too or LINGER_S pass. Closing a socket with bytes unread
+makes the kernel answer with a reset, which can destroy the 408 before the client reads it.
 AE_MAX_CONNECTIONS caps the connections and tasks served at once (uvicorn's
 limit_concurrency: requests beyond it answer 503).
 """
@@ -31,6 +34,9 @@ from common import logs, tracing
 from common.config import Settings, load_or_exit
 
 log = logging.getLogger("api.server")
+
+# How long a client that was answered 408 may go on sending before its socket is closed.
+LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class GuardedH11Protocol(H11Protocol):
         self._phase: str | None = None  # "headers", "body" or None (nothing to watch)
         self._phase_started = 0.0
         self._body_received = 0
+        self._lingering: asyncio.TimerHandle | None = None  # the close after a 408
 
     # --- asyncio.Protocol -----------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,6 +74,8 @@ class GuardedH11Protocol(H11Protocol):
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # answered 408: read and dropped until the close
         if self._phase is None and self.conn.their_state is h11.IDLE:
             self._watch_headers()  # the first bytes of the next request on this connection
         elif self._phase == "body":
@@ -76,6 +85,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_watching()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -134,13 +145,20 @@ class GuardedH11Protocol(H11Protocol):
 
     def _drop(self, reason: str, respond: bool) -> None:
         self._phase = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._lingering is not None:
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.warning("closing the connection of %s: %s", client, reason)
-        if respond:
-            self.transport.write(_timeout_response(reason))
-        self.transport.close()
+        if not respond:
+            self.transport.close()
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the handler sees the disconnect now, and answers nothing after the 408
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.write(_timeout_response(reason))
+        self.transport.write_eof()  # the client's read ends after the 408 (it closes then)
+        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:

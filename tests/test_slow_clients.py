@@ -1,8 +1,9 @@
 """Slow clients are cut off (api/server.py): the real server process, real sockets.
 
 A client trickling its headers or its body a byte at a time gets 408 and loses its
-connection while Ping keeps answering; connections beyond AE_MAX_CONNECTIONS get 503
-until the slow ones are dropped. The limits are set low (2 s) to keep the test short.
+connection while Ping keeps answering; a client that goes on sending after the 408 still
+reads it whole (the close lingers); connections beyond AE_MAX_CONNECTIONS get 503 until
+the slow ones are dropped. The limits are set low (2 s) to keep the test short.
 """
 
 from __future__ import annotations
@@ -79,6 +80,27 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off_while_ping_answers(
     assert pings and set(pings) == {200}, pings
 
 
+def test_a_client_still_sending_after_its_408_reads_it_whole(server: tuple[str, int]) -> None:
+    """Bytes that reach a closed socket are answered with a reset, and a reset can destroy
+    the 408 before the client reads it; the server reads and drops them until the client
+    closes (LINGER_S at most)."""
+    host, port = server
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        readable, _, _ = select.select([sock], [], [], GIVE_UP_S)
+        assert readable, f"no answer within {GIVE_UP_S} s"
+        time.sleep(0.2)  # the 408 and the server's end of stream are in
+        for _ in range(20):
+            sock.sendall(b"X-Late: 1\r\n")
+            time.sleep(0.01)
+        time.sleep(0.2)  # a reset, if any, is in before the first read
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b"headers did not arrive within 2 s"), answer
+
+
 def test_a_body_sent_a_byte_at_a_time_is_cut_off(server: tuple[str, int]) -> None:
     host, port = server
     sha = "c" * 64
@@ -114,11 +136,16 @@ def test_connections_over_the_cap_get_503_until_idle_ones_are_dropped(
     try:
         # The cap counts connections: with it full of silent ones, a request is refused.
         assert _ping(port) == 503
-        # The silent ones are dropped at the header limit; then Ping answers again.
+        # The silent ones are dropped at the header limit; their clients close on the
+        # 408, and then Ping answers again (once the server has seen those closes).
         for sock in idle:
             sock.settimeout(GIVE_UP_S)
             assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
-        assert _ping(port) == 200
+            sock.close()
+        deadline = time.monotonic() + GIVE_UP_S
+        while (status := _ping(port)) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200
     finally:
         for sock in idle:
             sock.close()
