@@ -79,10 +79,17 @@ async def get_status(state: State, sha256_hash: Sha256Hash) -> dict[str, Any]:
     for model in ModelName:
         row = rows.get(model.value)
         known = state.finished.get(row) or await state.running.view(
-            sha256, model.value, row, partial(_describe_status, state, sha256, model, row))
+            sha256, model.value, row, partial(_describe_status, state, sha256, model, row),
+            partial(_row_status, row))
         if known is not None:
             status[model.value], detailed[model.value] = known
     return {"status": status, "detailed_status": detailed}
+
+
+def _row_status(row: Prediction | None) -> tuple[str, dict[str, Any]]:
+    """(Celery word, detailed status) of the database row alone: what the workflow last
+    recorded, for a request that Temporal did not answer in time (api/running.py)."""
+    return pipeline.celery_status(row, None), serialisable(pipeline.detailed_status(row))
 
 
 async def _describe_status(state: ApiState, sha256: str, model: ModelName,
@@ -93,7 +100,7 @@ async def _describe_status(state: ApiState, sha256: str, model: ModelName,
     if row is None and run is None:
         return None
     word = pipeline.celery_status(row, run)
-    detail = serialisable(await pipeline.detailed_status(row, run))
+    detail = serialisable(await pipeline.described_status(row, run))
     if run is not None:
         state.finished.put(row, run.run_id, run.running, word, detail)
     return word, detail

@@ -5,6 +5,10 @@ served on the process's own scrape endpoint (AE_METRICS_PORT, `python -m api.ser
   OpenAPI summary, `unmatched` for an unknown path
 - `ae_api_request_duration_seconds` (histogram; operation, method)
 - `ae_api_requests_in_progress` (gauge)
+- `ae_api_status_views_total` (counter; answer): how Get Status answered for an open run
+  (api/running.py): `kept` (a kept view, fresh or refreshed behind the answer),
+  `described` (Temporal's new view, in time), `late_kept` / `late_row` (Temporal did not
+  answer within AE_STATUS_WAIT_S: the older view kept, or the database row's)
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ LATENCY = Histogram(
     "ae_api_request_duration_seconds", "Time to answer a request (its body included)",
     ["operation", "method"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STATUS_VIEWS = Counter(
+    "ae_api_status_views", "Get Status answers for open runs, by where the view came from",
+    ["answer"], registry=REGISTRY,
 )
 IN_PROGRESS = Gauge("ae_api_requests_in_progress", "Requests being answered", registry=REGISTRY)
 

@@ -186,16 +186,29 @@ def celery_status(row: Prediction | None, run: RunInfo | None) -> str:
     return STARTED
 
 
-async def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[str, Any]:
-    detail: dict[str, Any] = {
+def detailed_status(row: Prediction | None) -> dict[str, Any]:
+    """The detailed status the database row alone tells (`source` "database"): the run
+    Temporal no longer knows, or one it did not describe in time (api/running.py)."""
+    return {
         "workflow_id": None, "run_id": row.celery_task_id if row else None,
         "execution_status": None, "stage": None, "attempt": None, "last_failure": None,
         "started_at": None, "closed_at": None, "elapsed_s": None, "stages_ms": None,
-        "task_queue": None,
+        "task_queue": None, "history_length": None,
         "pending_activities": [],
         "model_version": row.model_version if row else None,
         "error_details": row.error_details if row else None,
+        "source": "database",
+        # the row's last change (stored as naive UTC)
+        "as_of": row.updated_at.replace(tzinfo=UTC).isoformat()
+        if row and row.updated_at else None,
     }
+
+
+async def described_status(row: Prediction | None, run: RunInfo | None) -> dict[str, Any]:
+    """The detailed status from Temporal's describe() of the run (`source` "temporal",
+    `as_of` now, or when it ended: the view of an ended run no longer changes), over the
+    row's."""
+    detail = detailed_status(row)
     if run is None:
         return detail
     desc = run.description
@@ -216,6 +229,8 @@ async def detailed_status(row: Prediction | None, run: RunInfo | None) -> dict[s
         task_queue=desc.task_queue,
         history_length=desc.history_length,
         pending_activities=activities,
+        source="temporal",
+        as_of=end.isoformat(),
     )
     return detail
 

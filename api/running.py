@@ -1,5 +1,5 @@
 """Get Status of open runs: about one describe() per run per AE_STATUS_REFRESH_S in each
-API process.
+API process, and no request waiting longer than AE_STATUS_WAIT_S for one.
 
 While a run is open its describe() view changes (an activity starts, retries, ends), so
 Temporal is asked. Many clients polling the same runs would each cost a describe() on
@@ -8,18 +8,23 @@ keeps the answer it made for a run, next to the database row it was made with, a
 again once it is due: at a random point in the second half of AE_STATUS_REFRESH_S (1 s
 by default; 0: always ask), so that views first asked together are not asked again
 together. A request that finds a view due, for a run that is polled often, gets it at
-once while the new describe() runs for the requests after it (a describe() can take
-hundreds of milliseconds on a busy Temporal server; see STALE_FACTOR); other requests
-wait for the new view. The row changing (the workflow records a new status, the sample
-is queued again) retires the entry at once. Requests for a run whose describe() is on
-its way wait for that one instead of sending their own. Bounded: least recently used out
-first.
+once while the new describe() runs for the requests after it (see STALE_FACTOR); other
+requests wait for the new view, but for AE_STATUS_WAIT_S at most (25 ms by default): a
+describe() can take hundreds of milliseconds on a busy Temporal server. When it is not in
+by then, the request gets the view kept for the same row, however old (its `as_of` says
+when it was made), or, for a run this process has not described yet, the view of the
+database row alone (`source` "database": the status the workflow recorded, no stage or
+activities); the describe() goes on and is kept for the requests after it. The row
+changing (the workflow records a new status, the sample is queued again) retires the
+entry at once. Requests for a run whose describe() is on its way share that one instead
+of sending their own. Bounded: least recently used out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import OrderedDict
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from api import metrics
 from api.finished import RowKey, row_state
 from common.shared_calls import SharedCalls
 from store.models import Prediction
@@ -35,8 +41,9 @@ from store.models import Prediction
 CAPACITY = 10_000
 # A view that is due is answered at once, with a describe() started behind it, while it
 # is younger than this many refreshes and its run was asked about within the last
-# refresh (a run polled often). Otherwise the request waits for the new view: a client
-# that polls every few seconds gets a fresh one, not the view its previous poll started.
+# refresh (a run polled often). Otherwise the request waits for the new view (up to
+# AE_STATUS_WAIT_S): a client that polls every few seconds gets a fresh one, not the view
+# its previous poll started, whenever Temporal answers in time.
 # At 2, with 100 runs polled at 500/s, describe() calls slowed by a busy Temporal server
 # let views age past it and a second of requests waited (p99 651 ms; BENCHMARKS.md).
 STALE_FACTOR = 5
@@ -60,9 +67,10 @@ class _Kept:
 
 
 class RecentViews:
-    def __init__(self, max_age_s: float, capacity: int = CAPACITY,
+    def __init__(self, max_age_s: float, wait_s: float, capacity: int = CAPACITY,
                  clock: Callable[[], float] = time.monotonic, jitter: float = JITTER) -> None:
         self.max_age_s = max_age_s
+        self.wait_s = wait_s
         self.capacity = capacity
         self.clock = clock
         self.jitter = jitter
@@ -71,23 +79,37 @@ class RecentViews:
         self._asking = SharedCalls()  # the describe() calls on their way
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
-                   describe: Callable[[], Awaitable[View]]) -> View:
+                   describe: Callable[[], Awaitable[View]],
+                   from_row: Callable[[], View]) -> View:
         """The view kept for this run and row while it is fresh; while it is due, for a
         run polled often, the same with a describe() started behind it (STALE_FACTOR);
-        otherwise the answer of `describe()` (one at a time per run and row), kept."""
+        otherwise the answer of `describe()` (one at a time per run and row), kept, when
+        it comes within `wait_s`; failing that the kept view, else `from_row()` (for a
+        run with a row; without one there is nothing to answer but Temporal's view)."""
         key, row_key = (sha256, model), row_state(row)
         ask = partial(self._ask, key, row_key, describe)
         kept = self._entries.get(key)
         now = self.clock()
-        if kept is not None and kept.row_key == row_key:
+        if kept is not None and kept.row_key != row_key:
+            kept = None
+        if kept is not None:
             polled_often = now - kept.asked_at < self.max_age_s
             kept.asked_at = now
             if now < kept.due_at or (polled_often and now < kept.stale_at):
                 self._entries.move_to_end(key)
                 if now >= kept.due_at:  # due: answered now, refreshed for the next
                     self._asking.start((sha256, model, row_key), ask)
+                metrics.STATUS_VIEWS.labels("kept").inc()
                 return kept.view
-        return await self._asking.call((sha256, model, row_key), ask)
+        asking = self._asking.start((sha256, model, row_key), ask)
+        if row is None:
+            return await asyncio.shield(asking)  # type: ignore[return-value]
+        done, _ = await asyncio.wait([asking], timeout=self.wait_s)
+        if done:
+            metrics.STATUS_VIEWS.labels("described").inc()
+            return asking.result()  # type: ignore[return-value]  # or its exception
+        metrics.STATUS_VIEWS.labels("late_kept" if kept is not None else "late_row").inc()
+        return kept.view if kept is not None else from_row()
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
                    describe: Callable[[], Awaitable[View]]) -> View:

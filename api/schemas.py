@@ -105,7 +105,8 @@ class StatusResponse(BaseModel):
     )
     detailed_status: dict[str, dict[str, Any]] = Field(
         description="Temporal's view per model: execution status, stage, attempt, last "
-        "failure, timings, pending activities"
+        "failure, timings, pending activities; `source` (temporal, or database: the row "
+        "alone) and `as_of` (when the view was made)"
     )
 
 

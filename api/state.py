@@ -36,7 +36,8 @@ class ApiState:
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
-        self.running = RecentViews(self.settings.status_refresh_s)
+        self.running = RecentViews(self.settings.status_refresh_s,
+                                   self.settings.status_wait_s)
 
     async def temporal(self) -> Client:
         """Connect on first use, so the API starts (and serves stored results) without Temporal."""

@@ -9,9 +9,11 @@ due, not from when it was sent, so a generator or server that falls behind shows
 figures instead of slowing the offered rate (no coordinated omission). A request whose
 reused connection the server had closed (keep-alive timeout) is sent again on a new one,
 as HTTP clients do. Prints one JSON object: requests, offered and achieved rate,
-p50/p99/max and the p99 of each second, the status codes other than 200, and the CPU
-seconds this process used: on one machine the generator shares the server's cores, and
-httpx cost ~1 ms of CPU a request where this costs a small fraction.
+p50/p99/max and the p99 of each second, the status codes other than 200, the CPU
+seconds this process used (on one machine the generator shares the server's cores, and
+httpx cost ~1 ms of CPU a request where this costs a small fraction), and, for Get
+Status answers, how many views came from Temporal and from the database row and how old
+the Temporal ones were (their `as_of`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import json
 import time
+from datetime import datetime
 from urllib.parse import urlsplit
 
 MAX_CONNECTIONS = 512  # per URL
@@ -33,7 +36,7 @@ class Target:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.open = 0
 
-    async def get(self, path: str) -> int:
+    async def get(self, path: str) -> tuple[int, bytes]:
         reused = bool(self.idle)
         try:
             return await self._get(path)
@@ -44,7 +47,7 @@ class Target:
             # request went out on it: sent again on a new one, as HTTP clients do.
             return await self._get(path, fresh=True)
 
-    async def _get(self, path: str, fresh: bool = False) -> int:
+    async def _get(self, path: str, fresh: bool = False) -> tuple[int, bytes]:
         if self.idle and not fresh:
             reader, writer = self.idle.pop()
         else:
@@ -73,7 +76,7 @@ class Target:
                     length = int(value)
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
         except (_Stale, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             writer.close()
             self.open -= 1
@@ -83,7 +86,7 @@ class Target:
             self.open -= 1
         else:
             self.idle.append((reader, writer))
-        return status
+        return status, body
 
 
 class _Stale(Exception):
@@ -96,16 +99,28 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
     latencies: list[float] = []
     by_second: dict[int, list[float]] = {}
     codes: dict[str, int] = {}
+    sources = {"temporal": 0, "database": 0}
+    ages: list[float] = []  # seconds between a Temporal view's as_of and its arrival
 
     async def one(i: int, due: float) -> None:
         try:
-            key = str(await targets[i % len(targets)].get(paths[i % len(paths)]))
+            status, body = await targets[i % len(targets)].get(paths[i % len(paths)])
+            key = str(status)
+            _note_view(body)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
             key = type(exc).__name__
         latencies.append(time.perf_counter() - due)
         by_second.setdefault(int(due - begin), []).append(latencies[-1])
         if key != "200":
             codes[key] = codes.get(key, 0) + 1
+
+    def _note_view(body: bytes) -> None:
+        if b'"source":"database"' in body:
+            sources["database"] += 1
+        elif (at := body.find(b'"as_of":"')) >= 0 and b'"source":"temporal"' in body:
+            sources["temporal"] += 1
+            as_of = body[at + 9:body.index(b'"', at + 9)].decode()
+            ages.append(time.time() - datetime.fromisoformat(as_of).timestamp())
 
     cpu0 = time.process_time()
     begin = time.perf_counter()
@@ -120,6 +135,11 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - begin
     ordered = sorted(latencies)
+    views: dict[str, object] = {}
+    if ages or sources["database"]:
+        views["views"] = {**sources, **({
+            "age_p50_ms": round(1000 * sorted(ages)[len(ages) // 2], 1),
+            "age_p99_ms": round(1000 * _p99(ages), 1)} if ages else {})}
     return {
         "requests": total, "offered_rate": rate, "achieved_rate": round(total / elapsed, 1),
         "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
@@ -129,6 +149,7 @@ async def run(urls: list[str], paths: list[str], rate: float, seconds: float
         "p99_by_second_ms": [round(1000 * _p99(by_second[k]), 1) for k in sorted(by_second)],
         "errors": codes, "generator_cpu_s": round(time.process_time() - cpu0, 2),
         "connections": sum(t.open for t in targets),
+        **views,
     }
 
 

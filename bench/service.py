@@ -386,6 +386,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         result = asyncio.run(measure())
     write(f"status_api{args.api_workers}_rate{int(args.rate)}",
           {"api_workers": args.api_workers, "in_flight": args.in_flight, "settle_s": args.settle,
+           "status_wait_s": os.environ.get("AE_STATUS_WAIT_S", "0.025 (default)"),
            "status_refresh_s": os.environ.get("AE_STATUS_REFRESH_S", "1 (default)"), **result})
 
 

@@ -92,6 +92,7 @@ _BOUNDS: tuple[tuple[str, str, float, float], ...] = (
     ("batch_children_per_run", "AE_BATCH_CHILDREN_PER_RUN", 1, math.inf),
     ("rate_limit", "AE_RATE_LIMIT", 0, math.inf),
     ("status_refresh_s", "AE_STATUS_REFRESH_S", 0, 3600),
+    ("status_wait_s", "AE_STATUS_WAIT_S", 0.001, 60),
     ("rate_burst", "AE_RATE_BURST", 0, math.inf),
     ("upload_quota_bytes", "AE_UPLOAD_QUOTA", 0, math.inf),
     ("upload_quota_window_s", "AE_UPLOAD_QUOTA_WINDOW_S", 1, math.inf),
@@ -193,6 +194,11 @@ class Settings:
     # run is this many seconds old (api/running.py); 0: on every request.
     status_refresh_s: float = field(
         default_factory=lambda: _env_float("AE_STATUS_REFRESH_S", 1.0)
+    )
+    # ... and waits at most this long for Temporal's answer before it answers the view it
+    # has (an older one, or the database row's).
+    status_wait_s: float = field(
+        default_factory=lambda: _env_float("AE_STATUS_WAIT_S", 0.025)
     )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())

@@ -2,28 +2,36 @@
 per AE_STATUS_REFRESH_S per run, requests arriving together share one describe(), a
 changed row is seen at once, a refresh of 0 asks every time (real Temporal dev server
 and SQLite; the run waits on an orchestration queue that no worker polls, so it stays
-open for the whole test); a view that is due is answered while the next is asked."""
+open for the whole test); a view that is due is answered while the next is asked; no
+request waits for Temporal longer than AE_STATUS_WAIT_S (a dev server of the test's own,
+stopped with SIGSTOP)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client
 
 from api.running import STALE_FACTOR, RecentViews
 from common.config import Settings
-from common.contracts import MODEL_NAME, workflow_id
+from common.contracts import MODEL_NAME, PENDING, STARTED, workflow_id
+from store.models import Prediction
 from tests.conftest import api_app, submit
+from tests.test_faults import Services
 
 
 async def test_open_run_is_described_once_per_refresh(settings: Settings, client: Client
                                                       ) -> None:
     async with api_app(dataclasses.replace(
-            settings, status_refresh_s=300,
+            settings, status_refresh_s=300, status_wait_s=60,
             orchestration_queue_override=f"nobody-polls-{uuid.uuid4().hex[:8]}"), client
     ) as (state, http):
         sha256 = await submit(http, b"\x7fELF open run " + uuid.uuid4().bytes, "open-run")
@@ -67,7 +75,7 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
     request that finds the kept view due gets it at once, and the next ones get the new
     view when it is in. A run polled now and then, or a view too old, is waited for."""
     now = [0.0]
-    views = RecentViews(max_age_s=1.0, clock=lambda: now[0], jitter=0)
+    views = RecentViews(max_age_s=1.0, wait_s=60, clock=lambda: now[0], jitter=0)
     slow = asyncio.Event()
 
     async def describe() -> tuple[str, dict[str, int]]:
@@ -77,7 +85,7 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
         return "STARTED", {"describe": number}
 
     def asked() -> Awaitable[tuple[str, dict[str, Any]] | None]:
-        return views.view("s" * 64, MODEL_NAME, None, describe)
+        return views.view("s" * 64, MODEL_NAME, None, describe, lambda: None)
 
     assert await asked() == ("STARTED", {"describe": 1})
     now[0] = 0.5
@@ -112,3 +120,117 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
     assert not waiting.done() and views.described == 4  # the held one, not a fifth
     slow.set()
     assert await asyncio.wait_for(waiting, timeout=5) == ("STARTED", {"describe": 4})
+
+
+def _row(status: str, updated_at: datetime) -> Prediction:
+    return Prediction(sha256_hash="w" * 64, model=MODEL_NAME, status=status,
+                      celery_task_id="run-1", updated_at=updated_at)
+
+
+async def test_no_request_waits_for_temporal_longer_than_the_wait() -> None:
+    """A describe() that does not come within wait_s: the request gets the view kept for
+    the same row, else the row's own; the describe() goes on, is shared, and is kept for
+    the requests after it. A run without a row has nothing else to answer: it waits."""
+    now = [0.0]
+    views = RecentViews(max_age_s=1.0, wait_s=0.05, clock=lambda: now[0], jitter=0)
+    release = asyncio.Event()
+
+    async def describe() -> tuple[str, dict[str, int]]:
+        number = views.described
+        await release.wait()
+        return STARTED, {"describe": number}
+
+    def asked(row: Prediction | None) -> Awaitable[tuple[str, dict[str, Any]] | None]:
+        return views.view("w" * 64, MODEL_NAME, row, describe,
+                          lambda: (row.status if row else PENDING, {"from": "row"}))
+
+    row = _row(STARTED, datetime(2026, 1, 1))
+    # Never described: the row's view, for both requests, from one describe() held up.
+    first, second = await asyncio.wait_for(asyncio.gather(asked(row), asked(row)), 5)
+    assert first == second == (STARTED, {"from": "row"}) and views.described == 1
+    release.set()
+    for _ in range(100):
+        if (answer := await asked(row)) != (STARTED, {"from": "row"}):
+            break
+        await asyncio.sleep(0.01)
+    assert answer == (STARTED, {"describe": 1}) and views.described == 1  # kept, fresh
+
+    # Due and polled now and then, Temporal slow: the older view, with a describe() behind.
+    release.clear()
+    now[0] = 5.0
+    assert await asyncio.wait_for(asked(row), 5) == (STARTED, {"describe": 1})
+    assert views.described == 2
+    # The row changed meanwhile: never the view kept for the old row.
+    moved = _row(STARTED, datetime(2026, 1, 1, 0, 1))
+    assert await asyncio.wait_for(asked(moved), 5) == (STARTED, {"from": "row"})
+    assert views.described == 3
+    release.set()
+    await asyncio.sleep(0.01)
+    assert await asked(moved) == (STARTED, {"describe": 3})
+
+    # No row: nothing but Temporal's view will do, however long it takes.
+    release.clear()
+    waiting = asyncio.ensure_future(asked(None))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    release.set()
+    assert await asyncio.wait_for(waiting, 5) == (STARTED, {"describe": 4})
+
+
+@pytest.fixture
+def own_temporal(tmp_path: Path) -> Iterator[Services]:
+    services = Services(root=tmp_path)
+    services.start_temporal()
+    try:
+        yield services
+    finally:
+        if services.temporal is not None:
+            services.temporal.send_signal(signal.SIGCONT)
+        services.stop_temporal()
+
+
+async def test_a_stopped_temporal_server_holds_no_status_request(
+        settings: Settings, own_temporal: Services) -> None:
+    """With the Temporal server stopped (SIGSTOP), Get Status of open runs answers within
+    about AE_STATUS_WAIT_S: a run described before, with that view (its `as_of`); a run
+    never described, with its row (`source` database); once the server goes on, a new
+    view from Temporal."""
+    client = await Client.connect(own_temporal.address)
+    async with api_app(dataclasses.replace(
+            settings, status_refresh_s=0.2, status_wait_s=0.2,
+            orchestration_queue_override=f"nobody-polls-{uuid.uuid4().hex[:8]}"), client
+    ) as (_, http):
+        seen = await submit(http, b"\x7fELF seen " + uuid.uuid4().bytes, "seen")
+        unseen = await submit(http, b"\x7fELF unseen " + uuid.uuid4().bytes, "unseen")
+        before = (await http.get(f"/predictions/{seen}/status")).json()
+        detail = before["detailed_status"][MODEL_NAME]
+        assert detail["source"] == "temporal" and detail["execution_status"] == "RUNNING", detail
+        await asyncio.sleep(0.5)  # the view is due; the run has not been asked for since
+
+        assert own_temporal.temporal is not None
+        own_temporal.temporal.send_signal(signal.SIGSTOP)
+        try:
+            # (a request waiting for the server would wait for its 10 s RPC timeout)
+            late = await asyncio.wait_for(http.get(f"/predictions/{seen}/status"), 5)
+            from_row = await asyncio.wait_for(http.get(f"/predictions/{unseen}/status"), 5)
+        finally:
+            own_temporal.temporal.send_signal(signal.SIGCONT)
+        assert late.status_code == 200 and late.json() == before, late.text
+        assert from_row.status_code == 200, from_row.text
+        row_view = from_row.json()
+        assert row_view["status"][MODEL_NAME] == PENDING, row_view
+        detail = row_view["detailed_status"][MODEL_NAME]
+        assert detail["source"] == "database" and detail["execution_status"] is None, detail
+        assert detail["run_id"] and detail["as_of"], detail
+
+        for _ in range(100):  # the server goes on: its describe() calls come in
+            after = (await http.get(f"/predictions/{unseen}/status")).json()
+            if after["detailed_status"][MODEL_NAME]["source"] == "temporal":
+                break
+            await asyncio.sleep(0.1)
+        detail = after["detailed_status"][MODEL_NAME]
+        assert detail["source"] == "temporal" and detail["execution_status"] == "RUNNING", after
+        assert datetime.fromisoformat(detail["as_of"]) <= datetime.now(UTC)
+        for sha256 in (seen, unseen):
+            await client.get_workflow_handle(workflow_id(MODEL_NAME, sha256)).terminate(
+                reason="test over")
