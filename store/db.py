@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Session, defer
 
 from common.contracts import (
     FAILURE,
@@ -110,12 +110,17 @@ class PredictionStore:
             self.commits.close()
         await self.engine.dispose()
 
-    async def _polled(self, key: tuple[str, ...], load: Callable[[], Awaitable[T]],
+    async def _polled(self, key: tuple[str, ...], read: Callable[[Session], T],
                       size: Callable[[T], int]) -> T:
-        """A read the API repeats on every poll: kept while nothing is committed."""
+        """A read the API repeats on every poll: kept while nothing is committed, read
+        on the event loop's own connection when it can be (SQLite, store/read_cache.py)."""
+        async def load() -> T:
+            async with self.session() as session:
+                return await session.run_sync(read)
+
         if self.commits is None:
             return await load()
-        return await self.commits.read(key, load, size)
+        return await self.commits.read(key, load, size, now=read)
 
     async def schema_version(self) -> str:
         async with self.session() as session:
@@ -190,19 +195,13 @@ class PredictionStore:
             return list(await session.scalars(query))
 
     async def get_sample(self, sha256: str) -> Sample | None:
-        async def load() -> Sample | None:
-            async with self.session() as session:
-                return await session.get(Sample, sha256)
-
-        return await self._polled(("sample", sha256), load, lambda _: 512)
+        return await self._polled(("sample", sha256), lambda s: s.get(Sample, sha256),
+                                  lambda _: 512)
 
     # --- predictions ------------------------------------------------------------------
     async def get_prediction(self, sha256: str, model: str) -> Prediction | None:
-        async def load() -> Prediction | None:
-            async with self.session() as session:
-                return await session.get(Prediction, (sha256, model))
-
-        return await self._polled(("prediction", sha256, model), load, _prediction_bytes)
+        return await self._polled(("prediction", sha256, model),
+                                  lambda s: s.get(Prediction, (sha256, model)), _prediction_bytes)
 
     async def list_predictions(self, sha256: str) -> list[Prediction]:
         async with self.session() as session:
@@ -213,15 +212,12 @@ class PredictionStore:
     async def list_prediction_states(self, sha256: str) -> list[Prediction]:
         """list_predictions without the results and explanation (large JSON and text that
         Get Status never reads: those attributes are not loaded)."""
-        async def load() -> list[Prediction]:
-            async with self.session() as session:
-                query = (select(Prediction).where(Prediction.sha256_hash == sha256)
-                         .options(defer(Prediction.prediction_results, raiseload=True),
-                                  defer(Prediction.explanation_results, raiseload=True)))
-                rows = await session.scalars(query.order_by(Prediction.model))
-                return list(rows)
-
-        return await self._polled(("states", sha256), load, lambda rows: 1024 * (1 + len(rows)))
+        query = (select(Prediction).where(Prediction.sha256_hash == sha256)
+                 .options(defer(Prediction.prediction_results, raiseload=True),
+                          defer(Prediction.explanation_results, raiseload=True))
+                 .order_by(Prediction.model))
+        return await self._polled(("states", sha256), lambda s: list(s.scalars(query)),
+                                  lambda rows: 1024 * (1 + len(rows)))
 
     @_retry_on_conflict
     async def create_prediction(self, sha256: str, model: str) -> bool:

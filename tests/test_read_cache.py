@@ -1,6 +1,8 @@
 """The API's polled reads are kept while SQLite's data_version says nothing was committed
 (store/read_cache.py): a repeated read is answered from memory, and a commit from this
-store, another store or another process is seen by the very next read. Real SQLite files."""
+store, another store or another process is seen by the very next read, made on the event
+loop's own read-only connection when it can be, else through aiosqlite. Real SQLite
+files."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from common.contracts import MODEL_NAME, STARTED
 from store.db import PredictionStore
@@ -36,6 +41,7 @@ async def test_repeated_reads_are_kept_until_any_commit(tmp_path: Path) -> None:
         sample = await store.get_sample(SHA)
         assert sample is not None and await store.get_sample(SHA) is sample
         assert store.commits is not None and store.commits.hits == 3
+        assert store.commits.read_now == 3  # each first read, on the loop's connection
 
         # A commit through another engine (as another API process or a worker would).
         assert await other.set_status(SHA, MODEL_NAME, "run-1", STARTED, "v1")
@@ -116,3 +122,40 @@ async def test_reads_that_miss_together_share_one(tmp_path: Path) -> None:
         assert await watch.read("j", load, len) == "row 2"  # kept
     finally:
         watch.close()
+
+
+async def test_the_loop_connection_only_reads_and_gives_way_to_aiosqlite(tmp_path: Path
+                                                                        ) -> None:
+    store = await _store(tmp_path / "ae.db")
+    watch = CommitWatch(str(tmp_path / "ae.db"))
+    loads = 0
+
+    async def load() -> str:
+        nonlocal loads
+        loads += 1
+        return "through aiosqlite"
+
+    def write(session: Session) -> str:
+        session.execute(text("update predictions set status = 'FAILURE'"))
+        return "written"
+
+    def count(session: Session) -> str:
+        return f"{session.scalar(text('select count(*) from predictions'))} rows"
+
+    try:
+        await store.record_sample(SHA, 10, "s")
+        await store.begin_run(SHA, MODEL_NAME, "v1", "run-1")
+        assert await watch.read("n", load, len, now=count) == "1 rows"
+        assert loads == 0 and watch.read_now == 1
+        # A write on the loop's connection fails (query_only); aiosqlite's read answers.
+        assert await watch.read("w", load, len, now=write) == "through aiosqlite"
+        assert loads == 1 and watch.read_now == 1
+        row = await store.get_prediction(SHA, MODEL_NAME)
+        assert row is not None and row.status == "PENDING"
+        # So does a read the loop's connection cannot make (here: no such table).
+        missing = await watch.read(
+            "m", load, len, now=lambda s: str(s.scalar(text("select 1 from nowhere"))))
+        assert missing == "through aiosqlite" and loads == 2
+    finally:
+        watch.close()
+        await store.close()
