@@ -9,6 +9,7 @@
         the same sample with its lift cached (prediction deleted, queued again); one
         stack per AE_WARM_CHILDREN value
     python bench/service.py status [--rate 500] [--seconds 10] [--in-flight 100] [--settle 5]
+                                   [--api-workers 1] [--keep-logs DIR]
         Get Status / Get Results latency at a fixed request rate while analyses run
     python bench/service.py throughput [--count 100] [--cpu-workers 1 2] [--warm 0 1]
         samples per minute for a batch of small binaries
@@ -384,6 +385,11 @@ def cmd_status(args: argparse.Namespace) -> None:
                 return out
 
         result = asyncio.run(measure())
+        if args.keep_logs is not None:
+            for log in Path(tmp).glob("**/*.log"):
+                kept = args.keep_logs / log.relative_to(tmp)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, kept)
     write(f"status_api{args.api_workers}_rate{int(args.rate)}",
           {"api_workers": args.api_workers, "in_flight": args.in_flight, "settle_s": args.settle,
            "status_wait_s": os.environ.get("AE_STATUS_WAIT_S", "0.025 (default)"),
@@ -449,6 +455,8 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5,
                    help="seconds between starting the in-flight analyses and measuring")
     p.add_argument("--api-workers", type=int, default=1)
+    p.add_argument("--keep-logs", type=Path, default=None,
+                   help="copy the stack's logs here at the end (each API request is a line)")
     p = sub.add_parser("throughput")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--cpu-workers", type=int, nargs="+", default=[1, 2])
