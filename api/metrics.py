@@ -7,8 +7,9 @@ served on the process's own scrape endpoint (AE_METRICS_PORT, `python -m api.ser
 - `ae_api_requests_in_progress` (gauge)
 - `ae_api_status_views_total` (counter; answer): how Get Status answered for an open run
   (api/running.py): `kept` (a kept view, fresh or refreshed behind the answer),
-  `described` (Temporal's new view, in time), `late_kept` / `late_row` (Temporal did not
-  answer within AE_STATUS_WAIT_S: the older view kept, or the database row's)
+  `described` (Temporal's new view, in time), `older` / `row` (Temporal did not answer
+  within AE_STATUS_WAIT_S, or could not be reached: the older view kept for the row, or
+  the database row's own)
 """
 
 from __future__ import annotations

@@ -11,13 +11,15 @@ together. A request that finds a view due, for a run that is polled often, gets 
 once while the new describe() runs for the requests after it (see STALE_FACTOR); other
 requests wait for the new view, but for AE_STATUS_WAIT_S at most (25 ms by default): a
 describe() can take hundreds of milliseconds on a busy Temporal server. When it is not in
-by then, the request gets the view kept for the same row, however old (its `as_of` says
-when it was made), or, for a run this process has not described yet, the view of the
-database row alone (`source` "database": the status the workflow recorded, no stage or
-activities); the describe() goes on and is kept for the requests after it. The row
-changing (the workflow records a new status, the sample is queued again) retires the
-entry at once. Requests for a run whose describe() is on its way share that one instead
-of sending their own. Bounded: least recently used out first.
+by then, or Temporal cannot be reached (the `unavailable` errors), the request gets the
+view kept for the same row, however old (its `as_of` says when it was made), or, for a
+run this process has not described yet, the view of the database row alone (`source`
+"database": the status the workflow recorded, no stage or activities); a describe() on
+its way goes on and is kept for the requests after it. A run with no row has nothing
+else to answer: it waits for Temporal, and gets its error. The row changing (the
+workflow records a new status, the sample is queued again) retires the entry at once.
+Requests for a run whose describe() is on its way share that one instead of sending
+their own. Bounded: least recently used out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
@@ -25,6 +27,7 @@ An ended run's view is kept without a time limit by api/finished.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import OrderedDict
@@ -37,6 +40,8 @@ from api import metrics
 from api.finished import RowKey, row_state
 from common.shared_calls import SharedCalls
 from store.models import Prediction
+
+log = logging.getLogger("api.running")
 
 CAPACITY = 10_000
 # A view that is due is answered at once, with a describe() started behind it, while it
@@ -67,10 +72,13 @@ class _Kept:
 
 
 class RecentViews:
-    def __init__(self, max_age_s: float, wait_s: float, capacity: int = CAPACITY,
-                 clock: Callable[[], float] = time.monotonic, jitter: float = JITTER) -> None:
+    def __init__(self, max_age_s: float, wait_s: float,
+                 unavailable: tuple[type[BaseException], ...] = (),
+                 capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic,
+                 jitter: float = JITTER) -> None:
         self.max_age_s = max_age_s
         self.wait_s = wait_s
+        self.unavailable = unavailable  # describe()'s errors that mean "Temporal is away"
         self.capacity = capacity
         self.clock = clock
         self.jitter = jitter
@@ -84,8 +92,9 @@ class RecentViews:
         """The view kept for this run and row while it is fresh; while it is due, for a
         run polled often, the same with a describe() started behind it (STALE_FACTOR);
         otherwise the answer of `describe()` (one at a time per run and row), kept, when
-        it comes within `wait_s`; failing that the kept view, else `from_row()` (for a
-        run with a row; without one there is nothing to answer but Temporal's view)."""
+        it comes within `wait_s`; failing that, or when it fails with an `unavailable`
+        error, the kept view, else `from_row()` (for a run with a row; without one there
+        is nothing to answer but Temporal's view, or its error)."""
         key, row_key = (sha256, model), row_state(row)
         ask = partial(self._ask, key, row_key, describe)
         kept = self._entries.get(key)
@@ -106,9 +115,15 @@ class RecentViews:
             return await asyncio.shield(asking)  # type: ignore[return-value]
         done, _ = await asyncio.wait([asking], timeout=self.wait_s)
         if done:
-            metrics.STATUS_VIEWS.labels("described").inc()
-            return asking.result()  # type: ignore[return-value]  # or its exception
-        metrics.STATUS_VIEWS.labels("late_kept" if kept is not None else "late_row").inc()
+            error = asking.exception()
+            if error is None:
+                metrics.STATUS_VIEWS.labels("described").inc()
+                return asking.result()  # type: ignore[return-value]
+            if not isinstance(error, self.unavailable):
+                raise error
+            log.warning("no view of %s from Temporal (%s): answering the %s", sha256[:12],
+                        error, "view kept" if kept is not None else "database row")
+        metrics.STATUS_VIEWS.labels("older" if kept is not None else "row").inc()
         return kept.view if kept is not None else from_row()
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from api.finished import FinishedRuns
 from api.running import RecentViews
@@ -20,6 +21,10 @@ from store.db import PredictionStore
 
 if TYPE_CHECKING:
     from api.quotas import RateLimiter
+
+
+class TemporalUnreachable(HTTPException):
+    """503: no client for the Temporal server could be made."""
 
 
 @dataclass
@@ -37,7 +42,8 @@ class ApiState:
 
     def __post_init__(self) -> None:
         self.running = RecentViews(self.settings.status_refresh_s,
-                                   self.settings.status_wait_s)
+                                   self.settings.status_wait_s,
+                                   unavailable=(RPCError, TemporalUnreachable))
 
     async def temporal(self) -> Client:
         """Connect on first use, so the API starts (and serves stored results) without Temporal."""
@@ -48,7 +54,7 @@ class ApiState:
                 try:
                     self.client = await asyncio.wait_for(connect(self.settings), timeout=10)
                 except Exception as exc:
-                    raise HTTPException(
+                    raise TemporalUnreachable(
                         503,
                         f"the Temporal server at {self.settings.temporal_address} is not "
                         f"reachable: {exc}",

@@ -46,18 +46,21 @@ async def test_open_run_is_described_once_per_refresh(settings: Settings, client
             assert detail["execution_status"] == "RUNNING", detail
             assert state.running.described == 1  # twenty requests, one describe()
 
-            state.client = None  # from now on, any Temporal call fails with 503
+            state.client = None  # from now on, no client for Temporal can be made
             again = await http.get(url)
             assert again.status_code == 200, again.text
             assert again.json() == body
 
-            # The row changes: Temporal is asked at once.
-            moved = await http.put(
-                f"/internal/predictions/{sha256}/{MODEL_NAME}/task/{uuid.uuid4()}")
+            # The row changes: Temporal is asked at once. It cannot be reached, so the
+            # answer is the new row's own (never the view kept for the old row).
+            task = str(uuid.uuid4())
+            moved = await http.put(f"/internal/predictions/{sha256}/{MODEL_NAME}/task/{task}")
             assert moved.status_code in (200, 204), moved.text
             changed = await http.get(url)
-            assert changed.status_code == 503, changed.text
-            assert "not reachable" in changed.json()["detail"]
+            assert changed.status_code == 200, changed.text
+            detail = changed.json()["detailed_status"][MODEL_NAME]
+            assert detail["source"] == "database" and detail["run_id"] == task, detail
+            assert state.running.described == 2
 
             # Refresh 0: every request asks.
             state.client = client
@@ -175,6 +178,29 @@ async def test_no_request_waits_for_temporal_longer_than_the_wait() -> None:
     assert not waiting.done()
     release.set()
     assert await asyncio.wait_for(waiting, 5) == (STARTED, {"describe": 4})
+
+
+async def test_temporal_away_is_answered_from_the_row_and_other_errors_are_not() -> None:
+    """A describe() that fails with one of the `unavailable` errors (Temporal away) is
+    answered like a late one; any other error is the request's, and so is Temporal's
+    error for a run without a row."""
+    views = RecentViews(max_age_s=1.0, wait_s=5, unavailable=(ConnectionError,), jitter=0)
+    failure: list[Exception] = [ConnectionError("Temporal is away")]
+
+    async def describe() -> tuple[str, dict[str, int]]:
+        raise failure[0]
+
+    def asked(row: Prediction | None) -> Awaitable[tuple[str, dict[str, Any]] | None]:
+        return views.view("x" * 64, MODEL_NAME, row, describe,
+                          lambda: (STARTED, {"from": "row"}))
+
+    row = _row(STARTED, datetime(2026, 1, 1))
+    assert await asked(row) == (STARTED, {"from": "row"})
+    with pytest.raises(ConnectionError):
+        await asked(None)
+    failure[0] = ValueError("a bug")
+    with pytest.raises(ValueError):
+        await asked(row)
 
 
 @pytest.fixture
