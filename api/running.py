@@ -19,7 +19,8 @@ its way goes on and is kept for the requests after it. A run with no row has not
 else to answer: it waits for Temporal, and gets its error. The row changing (the
 workflow records a new status, the sample is queued again) retires the entry at once.
 Requests for a run whose describe() is on its way share that one instead of sending
-their own. Bounded: least recently used out first.
+their own; at most CONCURRENT_DESCRIBES are sent at once. Bounded: least recently used
+out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
@@ -52,6 +53,12 @@ CAPACITY = 10_000
 # At 2, with 100 runs polled at 500/s, describe() calls slowed by a busy Temporal server
 # let views age past it and a second of requests waited (p99 651 ms; BENCHMARKS.md).
 STALE_FACTOR = 5
+# At most this many describe() calls on their way at once, per API process: a process
+# that starts (or a client that starts polling) with many open runs asks about each of
+# them at once, and that burst would take the cores the requests are answered on (the
+# Temporal server's share of it most of all); requests beyond it get the row's view
+# after AE_STATUS_WAIT_S.
+CONCURRENT_DESCRIBES = 8
 # A view falls due a little before its refresh, by a random part of up to this much of
 # it: views first asked together (a client polling many runs) are not asked again
 # together.
@@ -75,7 +82,7 @@ class RecentViews:
     def __init__(self, max_age_s: float, wait_s: float,
                  unavailable: tuple[type[BaseException], ...] = (),
                  capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic,
-                 jitter: float = JITTER) -> None:
+                 jitter: float = JITTER, concurrent: int = CONCURRENT_DESCRIBES) -> None:
         self.max_age_s = max_age_s
         self.wait_s = wait_s
         self.unavailable = unavailable  # describe()'s errors that mean "Temporal is away"
@@ -85,6 +92,9 @@ class RecentViews:
         self.described = 0  # describe() calls made through here (the tests count them)
         self._entries: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._asking = SharedCalls()  # the describe() calls on their way
+        self._describing = asyncio.Semaphore(concurrent)  # ... of which sent to Temporal
+        self.most_at_once = 0  # the most describe() calls sent at once (the tests read it)
+        self._sent = 0
 
     async def view(self, sha256: str, model: str, row: Prediction | None,
                    describe: Callable[[], Awaitable[View]],
@@ -128,9 +138,15 @@ class RecentViews:
 
     async def _ask(self, key: tuple[str, str], row_key: RowKey,
                    describe: Callable[[], Awaitable[View]]) -> View:
-        asked_at = self.clock()
-        self.described += 1
-        answer = await describe()
+        async with self._describing:
+            asked_at = self.clock()
+            self.described += 1
+            self._sent += 1
+            self.most_at_once = max(self.most_at_once, self._sent)
+            try:
+                answer = await describe()
+            finally:
+                self._sent -= 1
         if self.max_age_s > 0:
             self._keep(key, row_key, asked_at, answer)
         return answer

@@ -14,6 +14,7 @@ import signal
 import uuid
 from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,30 @@ async def test_a_stopped_temporal_server_holds_no_status_request(
         for sha256 in (seen, unseen):
             await client.get_workflow_handle(workflow_id(MODEL_NAME, sha256)).terminate(
                 reason="test over")
+
+
+async def test_describes_are_sent_a_few_at_a_time() -> None:
+    """Forty runs asked about at once: at most `concurrent` describe() calls are on their
+    way together; the requests beyond them get their rows' views after wait_s, and every
+    run's view comes in."""
+    views = RecentViews(max_age_s=60, wait_s=0.05, concurrent=3, jitter=0)
+    release = asyncio.Event()
+
+    async def describe(run: int) -> tuple[str, dict[str, int]]:
+        await release.wait()
+        return STARTED, {"run": run}
+
+    def asked(run: int) -> Awaitable[tuple[str, dict[str, Any]] | None]:
+        return views.view(f"{run:064x}", MODEL_NAME, _row(STARTED, datetime(2026, 1, 1)),
+                          partial(describe, run), lambda: (STARTED, {"from": "row"}))
+
+    first = await asyncio.wait_for(asyncio.gather(*(asked(run) for run in range(40))), 5)
+    assert first == [(STARTED, {"from": "row"})] * 40
+    assert views.described == 3 and views.most_at_once == 3
+    release.set()
+    for _ in range(200):
+        if views.described == 40 and views.most_at_once == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [await asked(run) for run in range(40)] == [(STARTED, {"run": r}) for r in range(40)]
+    assert views.described == 40 and views.most_at_once == 3
