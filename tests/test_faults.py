@@ -332,15 +332,18 @@ async def test_temporal_server_restart_mid_run(services: Services, medium_binary
         await wait_until(lambda: lift_children(cpu.pid), 120, "the lift child")
 
         services.stop_temporal()
-        # While Temporal is away the API still serves rows: Get Status answers from the
-        # row (what the workflow recorded), Get Prediction Info the row itself.
-        down = await s.api.get(f"/predictions/{sha256}/status")
+        try:
+            # While Temporal is away the API still serves rows: Get Status answers from
+            # the row (what the workflow recorded), Get Prediction Info the row itself.
+            down = await s.api.get(f"/predictions/{sha256}/status")
+            info = await s.api.get(f"/internal/predictions/{sha256}")
+            await asyncio.sleep(3)
+        finally:  # the later tests of this module share the server
+            services.start_temporal()
         assert down.status_code == 200, down.text
         assert down.json()["status"][MODEL_NAME] == "STARTED", down.text
         assert down.json()["detailed_status"][MODEL_NAME]["source"] == "database", down.text
-        assert (await s.api.get(f"/internal/predictions/{sha256}")).status_code == 200
-        await asyncio.sleep(3)
-        services.start_temporal()
+        assert info.status_code == 200, info.text
 
         status = await wait_for_final(s.api, sha256, timeout_s=300)
         assert status["status"][MODEL_NAME] == "SUCCESS", status
