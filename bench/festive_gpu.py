@@ -11,14 +11,20 @@ never has one. This runs both paths on a GPU machine over real lifted test build
 - search time per query: the Searcher's exact top-32 (int8 rows, as shipped) on the
   shipped index and on a synthetic index of 1M rows, and a dense float16 matmul up to
   10M rows (the scale-out case the brief names). The recorded run (bench/festive_gpu.md)
-  predates the int8 layout: it measured the CSR and dense-float32 layouts of the time.
+  predates the int8 layout: it measured the CSR and dense-float32 layouts of the time;
+- bf16 (`bf16_effect`): the embeddings under bfloat16 autocast against float32, their
+  speed, and what they change: the best reference row and family in the shipped index,
+  and cross-build retrieval (recall@1 of a function's own name among the other builds of
+  its project) with a paired count of the queries that flip: bench/bf16.py's comparison;
+- a streamed top-k (`streamed_search`) at 1e7 rows against the memory floor measured on
+  the device: rows kept as float16 (or int8 codes), chunks multiplied and cut to k, one
+  merge at the end; its time per query batch over the time one read of the rows takes.
 Write-up: bench/festive_gpu.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -38,15 +44,10 @@ from festive.attribution.search import Quantised, Reference, Searcher  # noqa: E
 from festive.v1.embed import Embedder  # noqa: E402
 from festive.v1.graph import to_graph  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bf16 import read_lifts  # noqa: E402
+
 GPU = "cuda"  # --dry-run-on-cpu swaps in "cpu"
-
-
-def read_lifts(root: Path) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for path in sorted(root.glob("*/*.json.gz")):
-        with gzip.open(path, "rt") as handle:
-            out.append((f"{path.parent.name}/{path.stem.removesuffix('.json')}", json.load(handle)))
-    return out
 
 
 def sync() -> None:
@@ -209,6 +210,107 @@ def search_bench(queries: np.ndarray, shipped: ReferenceIndex, synthetic_rows: i
     return out
 
 
+def bf16_effect(graphs: list, keys: list[tuple[str, str, str]], shipped: ReferenceIndex,
+                n_target: int) -> dict[str, Any]:
+    """bfloat16 autocast against float32 on the same device: agreement and accuracy
+    (bench/bf16.py's comparison), and speed."""
+    from bf16 import autocast, compare
+
+    model = Embedder(device=GPU)
+    with autocast(GPU, None):
+        ref = model.embed_graphs(graphs)
+    with autocast(GPU, torch.bfloat16):
+        low = model.embed_graphs(graphs)
+    out = compare(ref, low, keys, shipped, GPU)
+    reps = (n_target + len(graphs) - 1) // len(graphs)
+    many = (graphs * reps)[:n_target]
+    for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
+        with autocast(GPU, dtype):
+            model.embed_graphs(many[:2000], max_blocks=200000)  # warm-up
+            sec = timed(lambda: model.embed_graphs(many, max_blocks=200000), repeat=2)
+        out[f"{label}_ms_per_fn_batch_200000_blocks"] = 1e3 * sec / len(many)
+    from festive.v1.model import collate
+    dev = collate(many[:5000]).to(GPU)
+    with torch.no_grad():
+        for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
+            with autocast(GPU, dtype):
+                model.model(dev)
+                out[f"{label}_5000_fns_forward_ms"] = 1e3 * timed(lambda: model.model(dev), 3)
+    return out
+
+
+def read_floor_ms(rows: torch.Tensor) -> float:
+    """The device's own floor for one pass over `rows`: the best time of a reduction that
+    reads every byte once (measured, not the data sheet's bandwidth)."""
+    flat = rows.view(-1)
+    flat.amax()  # warm-up
+    return 1e3 * timed(lambda: flat.amax(), repeat=5)
+
+
+def streamed_topk(rows: torch.Tensor, scale: torch.Tensor | None, queries: torch.Tensor,
+                  k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k rows per query: each chunk of rows multiplied (float16; int8 codes are
+    turned to float16 per chunk, exactly, and scaled per row after the product) and cut
+    to its k best; one top-k over the kept candidates at the end. (sims, rows)."""
+    kept_s, kept_r = [], []
+    for start in range(0, rows.shape[0], chunk):
+        part = rows[start:start + chunk]
+        sims = queries @ (part if part.dtype == queries.dtype else part.to(queries.dtype)).T
+        if scale is not None:
+            sims = sims * scale[start:start + chunk]
+        s, r = torch.topk(sims, min(k, part.shape[0]), dim=1)
+        kept_s.append(s)
+        kept_r.append(r + start)
+    s_all, r_all = torch.cat(kept_s, dim=1), torch.cat(kept_r, dim=1)
+    best, where = torch.topk(s_all.float(), min(k, s_all.shape[1]), dim=1)
+    return best, r_all.gather(1, where)
+
+
+def streamed_search(dim: int, n_rows: int, batches: list[int], chunks: list[int],
+                    k: int = 32) -> dict[str, Any]:
+    """The streamed top-k on n_rows synthetic unit rows, float16 and int8 layouts, for
+    query batches of each size, over the measured read floor; the best row checked
+    against an exact float32 product on the first query batch."""
+    out: dict[str, Any] = {"rows": n_rows, "dim": dim, "k": k}
+    gen = torch.Generator(device=GPU).manual_seed(0)
+    dense = torch.randn(n_rows, dim, device=GPU, generator=gen, dtype=torch.float32)
+    dense /= dense.norm(dim=1, keepdim=True)
+    peak = dense.abs().amax(dim=1).clamp_min(1e-12)
+    scale = (peak / 127.0).float()
+    codes = (dense / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    # queries: noisy copies of rows, so that each has a true best row to find
+    pick = torch.randint(0, n_rows, (max(batches),), device=GPU, generator=gen)
+    noise = torch.randn(len(pick), dim, device=GPU, generator=gen) / dim ** 0.5
+    queries = dense[pick] + 0.3 * noise
+    queries /= queries.norm(dim=1, keepdim=True)
+    half = dense.half()
+    del dense
+    layouts = {"float16": (half, None), "int8": (codes, scale)}
+    probe = queries[:min(batches)]
+    exact = probe.float() @ half.float()[: min(n_rows, 2_000_000)].T  # bounded memory
+    exact_best = exact.argmax(dim=1)
+    del exact
+    for label, (rows, row_scale) in layouts.items():
+        floor = read_floor_ms(rows)
+        out[f"{label}_bytes"] = rows.numel() * rows.element_size()
+        out[f"{label}_read_floor_ms"] = floor
+        out[f"{label}_read_gb_per_s"] = out[f"{label}_bytes"] / floor / 1e6
+        if n_rows <= 2_000_000:
+            _s, got = streamed_topk(rows, row_scale, probe.half(), k, chunks[0])
+            out[f"{label}_same_best_row_as_float32"] = float(
+                (got[:, 0] == exact_best).float().mean())
+        for batch in batches:
+            q = queries[:batch].half()
+            for chunk in chunks:
+                streamed_topk(rows, row_scale, q, k, chunk)  # warm-up
+                ms = 1e3 * timed(lambda r=rows, s=row_scale, q=q, c=chunk:
+                                 streamed_topk(r, s, q, k, c), repeat=3)
+                key = f"{label}_batch_{batch}_chunk_{chunk}"
+                out[f"{key}_ms"] = ms
+                out[f"{key}_over_floor"] = ms / floor
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lifted", type=Path, required=True)
@@ -216,6 +318,11 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=50000)
     parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
     parser.add_argument("--dense-rows", default="1000000,10000000")
+    parser.add_argument("--stream-rows", type=int, default=10_000_000)
+    parser.add_argument("--stream-batches", default="16,64,256,1024")
+    parser.add_argument("--stream-chunks", default="1048576,4194304")
+    parser.add_argument("--only", default="parity,embedding,bf16,search,stream",
+                        help="parts to run, comma-separated")
     parser.add_argument("--attribute-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dry-run-on-cpu", action="store_true",
                         help="stand the CPU in for CUDA (a smoke run of this script)")
@@ -234,25 +341,39 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
     }
     lifts = read_lifts(args.lifted)
-    funcs = [f for _n, lift in lifts for f in lift["functions"] if len(f.get("blocks", [])) >= 5]
+    named = [(n, f) for n, lift in lifts for f in lift["functions"]
+             if len(f.get("blocks", [])) >= 5]
     t = time.perf_counter()
-    graphs = [to_graph(f) for f in funcs]
+    graphs = [to_graph(f) for _n, f in named]
+    keys = [(n.split("/")[0], n, str(f.get("name") or "")) for n, f in named]
     report["builds"] = [n for n, _ in lifts]
     report["features_ms_per_fn"] = 1e3 * (time.perf_counter() - t) / len(graphs)
     print(json.dumps(report), flush=True)
-    report["engine_parity"] = engine_parity(args.lifted)
-    print(json.dumps(report["engine_parity"])[:2000], flush=True)
-    report["embedding"] = embedding_bench(graphs, args.functions)
-    print(json.dumps(report["embedding"]), flush=True)
+    parts = set(args.only.split(","))
+
+    def done(part: str, result: dict[str, Any]) -> None:
+        """Each part is written as it ends: a run cut short keeps what it measured."""
+        report[part] = result
+        print(json.dumps({part: result})[:3000], flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1))
+
+    if "parity" in parts:
+        done("engine_parity", engine_parity(args.lifted))
+    if "embedding" in parts:
+        done("embedding", embedding_bench(graphs, args.functions))
     from festive.engine import load_engine
     shipped = load_engine("v1").index
-    queries = Embedder(device=GPU).embed_graphs(graphs)
-    report["search"] = search_bench(queries, shipped, args.synthetic_rows,
-                                    [int(n) for n in args.dense_rows.split(",")])
-    print(json.dumps(report["search"]), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
-
+    if "bf16" in parts:
+        done("bf16", bf16_effect(graphs, keys, shipped, args.functions))
+    if "search" in parts:
+        queries = Embedder(device=GPU).embed_graphs(graphs)
+        done("search", search_bench(queries, shipped, args.synthetic_rows,
+                                    [int(n) for n in args.dense_rows.split(",")]))
+    if "stream" in parts:
+        done("stream", streamed_search(shipped.vectors.shape[1], args.stream_rows,
+                                       [int(n) for n in args.stream_batches.split(",")],
+                                       [int(n) for n in args.stream_chunks.split(",")]))
 
 if __name__ == "__main__":
     main()
