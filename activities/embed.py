@@ -53,7 +53,7 @@ class Embed:
         from festive.engine import load_engine  # heavy (numpy/torch): loaded in the worker only
 
         blobs = self.deps.blobs
-        engine = load_engine()
+        engine = load_engine(precision=self.deps.settings.embed_precision)
         children = []
         for item in request.lifted:
             packed_sha, packed = packed_lift(blobs, item.lift_sha256)
@@ -90,10 +90,13 @@ def packed_lift(blobs: BlobStore, lift_sha256: str) -> tuple[str, PackedLift]:
 def lift_vectors(blobs: BlobStore, engine: Engine, packed_sha256: str,
                  packed: PackedLift) -> np.ndarray:
     """The packed lift's embeddings by the engine's weights: cached in the blob store,
-    keyed by the packed lift and the weights (new weights embed again)."""
+    keyed by the packed lift, the weights and the precision (new weights, or another
+    precision, embed again)."""
     from festive.v1.packed import vectors_from_bytes, vectors_to_bytes
 
     kind = f"fvec-{engine.card['weights_sha256'][:24]}"
+    if engine.precision != "float32":  # float32's entries keep the name they had
+        kind += f"-{engine.precision}"
     found = blobs.get_derived(kind, packed_sha256)
     if found is not None:
         try:

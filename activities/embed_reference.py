@@ -25,7 +25,8 @@ class EmbedReference:
 
         blobs = self.deps.blobs
         children = [{"lift": blobs.read_json(item.lift_sha256)} for item in request.lifted]
-        vectors = load_engine().embed_reference(children)
+        vectors = load_engine(precision=self.deps.settings.embed_precision
+                              ).embed_reference(children)
         if not vectors.names:
             total = sum(item.functions for item in request.lifted)
             raise ApplicationError(

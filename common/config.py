@@ -13,6 +13,8 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from festive.card import PRECISIONS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_VERSION = "2.4.8"
 
@@ -200,6 +202,11 @@ class Settings:
     status_wait_s: float = field(
         default_factory=lambda: _env_float("AE_STATUS_WAIT_S", 0.025)
     )
+    # How the gpu worker embeds (festive.card.PRECISIONS): "float32" as trained, or
+    # "bfloat16" autocast (faster where the chip has bfloat16 units; bench/bf16.md).
+    embed_precision: str = field(
+        default_factory=lambda: os.environ.get("AE_EMBED_PRECISION", "float32").strip()
+    )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())
     # Secrets: never in a repr (nor in a log line: common/logs.py masks them there too).
@@ -234,6 +241,9 @@ class Settings:
                 upper = "" if greatest == math.inf else f" and at most {greatest:g}"
                 raise SettingsError(f"{variable}={value} is out of range: expected at least "
                                     f"{least:g}{upper}")
+        if self.embed_precision not in PRECISIONS:
+            raise SettingsError(f"AE_EMBED_PRECISION={self.embed_precision[:40]!r} is not "
+                                f"valid: expected one of {', '.join(PRECISIONS)}")
         if self.auth not in AUTH_MODES:
             raise SettingsError(f"AE_AUTH={self.auth[:40]!r} is not valid: expected "
                                 f"'{AUTH_MODES[0]}' or '{AUTH_MODES[1]}'")

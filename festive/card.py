@@ -16,6 +16,9 @@ from typing import Any
 from common.contracts import MODEL_NAME
 
 DEFAULT_ENGINE = "v1"
+# How the embedding runs (AE_EMBED_PRECISION): float32 as trained, or its matrix work in
+# bfloat16 (torch autocast) with the vectors made unit length in float32 (bench/bf16.md).
+PRECISIONS = ("float32", "bfloat16")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 

@@ -49,7 +49,7 @@ def _fmt(value: float, digits: int = 4) -> str:
 class Engine:
     """Model + reference index + verdict parameters, loaded once."""
 
-    def __init__(self, engine: str = DEFAULT_ENGINE):
+    def __init__(self, engine: str = DEFAULT_ENGINE, precision: str = "float32"):
         if engine != "v1":
             raise ValueError(f"unknown FESTIVE engine {engine!r} (installed: v1)")
         from festive.v1.embed import Embedder  # torch: only when an engine is loaded
@@ -58,7 +58,8 @@ class Engine:
         self.card = card
         self.engine = engine
         self.version = card["version"]
-        self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"])
+        self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"], precision=precision)
+        self.precision = precision
         self.shipped = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
         if self.shipped.meta.get("weights_sha256") != card["weights_sha256"]:
             raise ValueError("the reference index was built with other weights: run make index")
@@ -188,6 +189,7 @@ class Engine:
             "index_version": self.index_version,
             "analysis_version": analysis_version(self.card, self.index_version),
             "engine": self.engine,
+            "precision": self.precision,
             "verdict": verdict,
             "confidence": _fmt(confidence),
             "families_present": " ".join(self.index.families[e.family] for e in present),
@@ -286,11 +288,11 @@ class Engine:
 
 
 @cache
-def _load(engine: str) -> Engine:
-    return Engine(engine)
+def _load(engine: str, precision: str) -> Engine:
+    return Engine(engine, precision)
 
 
-def load_engine(engine: str | None = None) -> Engine:
-    """The process-wide engine (None = the default), loaded once."""
+def load_engine(engine: str | None = None, precision: str = "float32") -> Engine:
+    """The process-wide engine (None = the default) at this precision, loaded once."""
     with _lock:
-        return _load(engine or DEFAULT_ENGINE)
+        return _load(engine or DEFAULT_ENGINE, precision)

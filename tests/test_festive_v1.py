@@ -229,3 +229,57 @@ def test_cached_features_and_vectors_equal_the_fresh_ones(
 
     child = {"sha256": lift_sha, "name": "sample-O2.so", "lift": lift}
     assert engine.attribute([child]) == engine.attribute_packed([(child, cached, again)])[0]
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="v1 weights not trained yet")
+def test_bfloat16_embeds_unit_vectors_next_to_float32(
+        lifted: dict[str, dict[str, dict]]) -> None:
+    """AE_EMBED_PRECISION=bfloat16: the matrix work in bfloat16, the vectors still unit
+    length in float32 (bfloat16's own normalisation was off by up to 0.4%) and within a
+    hair of float32's; an O0 function still finds its O2 twin first."""
+    from festive.v1.embed import Embedder
+
+    names = [n for n in NAMES if n in lifted["O0"] and n in lifted["O2"]]
+    full = Embedder(WEIGHTS, device="cpu")
+    half = Embedder(WEIGHTS, device="cpu", precision="bfloat16")
+    q32 = full.embed([lifted["O0"][n] for n in names])
+    q16 = half.embed([lifted["O0"][n] for n in names])
+    assert q16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(q16, axis=1), 1.0, atol=1e-5)
+    assert not np.array_equal(q16, q32)  # bfloat16 did run
+    assert float((q16 * q32).sum(axis=1).min()) > 0.999
+    c16 = half.embed([lifted["O2"][n] for n in names])
+    query = names.index("crc32_table_free")
+    assert int(np.argmax((q16 @ c16.T)[query])) == query
+    with pytest.raises(ValueError, match="precision"):
+        Embedder(WEIGHTS, device="cpu", precision="float8")
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="v1 weights not trained yet")
+def test_cached_vectors_are_kept_per_precision(
+        lifted: dict[str, dict[str, dict]], tmp_path: Path) -> None:
+    """A worker switched to bfloat16 embeds again rather than reading float32's vectors
+    (and back): each precision's vectors are cached under their own name, and the
+    results say which precision made them."""
+    import gzip
+    import json
+
+    from activities.embed import lift_vectors, packed_lift
+    from festive.engine import load_engine
+    from store.blobs import open_blobs
+
+    blobs = open_blobs(str(tmp_path / "blobs"), tmp_path / "scratch")
+    lift = lifted["O2"]["__lift__"]
+    packed_sha, packed = packed_lift(blobs, blobs.put_bytes(
+        gzip.compress(json.dumps(lift).encode())))
+    full, half = load_engine(), load_engine(precision="bfloat16")
+    assert load_engine() is full and load_engine(precision="bfloat16") is half
+    v32 = lift_vectors(blobs, full, packed_sha, packed)
+    v16 = lift_vectors(blobs, half, packed_sha, packed)
+    assert not np.array_equal(v16, v32)
+    assert np.array_equal(v16, half.embed_packed(packed))
+    assert np.array_equal(lift_vectors(blobs, full, packed_sha, packed), v32)
+    assert np.array_equal(lift_vectors(blobs, half, packed_sha, packed), v16)
+    child = {"sha256": "ab" * 32, "name": "sample-O2.so"}
+    assert half.attribute_packed([(child, packed, v16)])[0]["precision"] == "bfloat16"
+    assert full.attribute_packed([(child, packed, v32)])[0]["precision"] == "float32"

@@ -171,13 +171,13 @@ async def count_in_flight(client: Client, runtime: Runtime, settings: Settings,
         await asyncio.sleep(interval_s)
 
 
-def _warm_engine() -> None:
+def _warm_engine(precision: str) -> None:
     """Load FESTIVE (torch, weights, reference index) in the background; a failure is
     only logged here: the embed activity meets it again and reports it."""
     try:
         from festive.engine import load_engine
 
-        load_engine()
+        load_engine(precision=precision)
         log.info("FESTIVE engine loaded")
     except Exception as exc:  # noqa: BLE001 - reported by the first embed_compare instead
         log.warning("FESTIVE engine not loaded at start: %s", exc)
@@ -198,7 +198,8 @@ async def run(roles: list[str]) -> None:
     # each worker exits with a graceful shutdown of in-flight work
     async with serving(client, settings, roles) as workers:
         if "gpu" in roles:  # load the model and index now, not in the first sample's embed
-            threading.Thread(target=_warm_engine, name="warm-engine", daemon=True).start()
+            threading.Thread(target=_warm_engine, args=(settings.embed_precision,),
+                             name="warm-engine", daemon=True).start()
         log.info("worker up: roles=%s queues=%s metrics=%s", roles,
                  [w.task_queue for w in workers],
                  f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"

@@ -2,16 +2,19 @@
 
 CUDA when present, CPU otherwise. Functions are sorted by size before batching so a
 batch holds graphs of similar size (less padding-free but uneven work per batch).
+precision "bfloat16" runs the model under torch autocast (festive.card.PRECISIONS).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from festive.card import PRECISIONS
 from festive.v1.graph import MAX_BLOCKS, FunctionGraph, to_graph
 from festive.v1.model import FestiveGNN, collate, load
 
@@ -22,10 +25,19 @@ class Embedder:
     """A loaded FestiveGNN plus batching; thread-unsafe by design (callers lock)."""
 
     def __init__(self, path: Path | str = WEIGHTS, device: str | None = None,
-                 model: FestiveGNN | None = None):
+                 model: FestiveGNN | None = None, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision
         self.model = (model or load(str(path))).to(self.device)
         self.model.eval()
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The context the model runs in: torch autocast for bfloat16, else none."""
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
 
     @torch.no_grad()
     def embed_graphs(self, graphs: list[FunctionGraph], max_blocks: int = MAX_BLOCKS) -> np.ndarray:
@@ -41,7 +53,8 @@ class Embedder:
                 stop += 1
             chunk = order[start:stop]
             batch = collate([graphs[i] for i in chunk]).to(self.device)
-            out[chunk] = self.model(batch).float().cpu().numpy()
+            with self.autocast():
+                out[chunk] = self.model(batch).float().cpu().numpy()
             start = stop
         return out
 
