@@ -12,7 +12,7 @@ never has one. This runs both paths on a GPU machine over real lifted test build
   shipped index and on a synthetic index of 1M rows, and a dense float16 matmul up to
   10M rows (the scale-out case the brief names). The recorded run (bench/festive_gpu.md)
   predates the int8 layout: it measured the CSR and dense-float32 layouts of the time;
-- bf16 (`bf16_effect`): the embeddings under bfloat16 autocast against float32, their
+- bf16 (`bf16_effect`): the Embedder at precision bfloat16 against float32, their
   speed, and what they change: the best reference row and family in the shipped index,
   and cross-build retrieval (recall@1 of a function's own name among the other builds of
   its project) with a paired count of the queries that flip: bench/bf16.py's comparison;
@@ -212,30 +212,27 @@ def search_bench(queries: np.ndarray, shipped: ReferenceIndex, synthetic_rows: i
 
 def bf16_effect(graphs: list, keys: list[tuple[str, str, str]], shipped: ReferenceIndex,
                 n_target: int) -> dict[str, Any]:
-    """bfloat16 autocast against float32 on the same device: agreement and accuracy
-    (bench/bf16.py's comparison), and speed."""
-    from bf16 import autocast, compare
+    """The Embedder at precision bfloat16 against float32 on the device: agreement and
+    accuracy (bench/bf16.py's comparison), and speed."""
+    from bf16 import compare
 
-    model = Embedder(device=GPU)
-    with autocast(GPU, None):
-        ref = model.embed_graphs(graphs)
-    with autocast(GPU, torch.bfloat16):
-        low = model.embed_graphs(graphs)
+    models = {precision: Embedder(device=GPU, precision=precision)
+              for precision in ("float32", "bfloat16")}
+    ref = models["float32"].embed_graphs(graphs)
+    low = models["bfloat16"].embed_graphs(graphs)
     out = compare(ref, low, keys, shipped, GPU)
     reps = (n_target + len(graphs) - 1) // len(graphs)
     many = (graphs * reps)[:n_target]
-    for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
-        with autocast(GPU, dtype):
-            model.embed_graphs(many[:2000], max_blocks=200000)  # warm-up
-            sec = timed(lambda: model.embed_graphs(many, max_blocks=200000), repeat=2)
-        out[f"{label}_ms_per_fn_batch_200000_blocks"] = 1e3 * sec / len(many)
     from festive.v1.model import collate
     dev = collate(many[:5000]).to(GPU)
-    with torch.no_grad():
-        for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
-            with autocast(GPU, dtype):
-                model.model(dev)
-                out[f"{label}_5000_fns_forward_ms"] = 1e3 * timed(lambda: model.model(dev), 3)
+    for precision, model in models.items():
+        model.embed_graphs(many[:2000], max_blocks=200000)  # warm-up
+        sec = timed(lambda m=model: m.embed_graphs(many, max_blocks=200000), repeat=2)
+        out[f"{precision}_ms_per_fn_batch_200000_blocks"] = 1e3 * sec / len(many)
+        with torch.no_grad(), model.autocast():
+            model.model(dev)
+            out[f"{precision}_5000_fns_forward_ms"] = 1e3 * timed(
+                lambda m=model: m.model(dev), 3)
     return out
 
 
