@@ -32,6 +32,7 @@ BAD_VALUES = [
     ("DATABASE_URL", f"postgresql+asyncpg://ae:{PASSWORD}@db:port/ae", "not a database URL"),
     ("DATABASE_URL", f"mysql://ae:{PASSWORD}@db/ae", "names the driver 'mysql'"),
     ("DATABASE_URL", "not a url at all", "expected sqlite+aiosqlite:///PATH"),
+    ("AE_EMBED_PRECISION", "fp16", "expected one of float32, bfloat16"),
 ]
 
 
