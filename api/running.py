@@ -19,9 +19,8 @@ its way goes on and is kept for the requests after it. A run with no row has not
 else to answer: it waits for Temporal, and gets its error. The row changing (the
 workflow records a new status, the sample is queued again) retires the entry at once.
 Requests for a run whose describe() is on its way share that one instead of sending
-their own; at most CONCURRENT_DESCRIBES are sent at once, and a request whose describe()
-must wait for one of them is answered at once (kept view, else the row's). Bounded:
-least recently used out first.
+their own; at most CONCURRENT_DESCRIBES are sent at once. Bounded: least recently used
+out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
@@ -58,7 +57,7 @@ STALE_FACTOR = 5
 # that starts (or a client that starts polling) with many open runs asks about each of
 # them at once, and that burst would take the cores the requests are answered on (the
 # Temporal server's share of it most of all); requests beyond it get the row's view
-# at once.
+# after AE_STATUS_WAIT_S.
 CONCURRENT_DESCRIBES = 8
 # A view falls due a little before its refresh, by a random part of up to this much of
 # it: views first asked together (a client polling many runs) are not asked again
@@ -90,7 +89,6 @@ class RecentViews:
         self.capacity = capacity
         self.clock = clock
         self.jitter = jitter
-        self.concurrent = concurrent
         self.described = 0  # describe() calls made through here (the tests count them)
         self._entries: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._asking = SharedCalls()  # the describe() calls on their way
@@ -122,15 +120,10 @@ class RecentViews:
                     self._asking.start((sha256, model, row_key), ask)
                 metrics.STATUS_VIEWS.labels("kept").inc()
                 return kept.view
-        call = (sha256, model, row_key)
-        # every describe() slot taken by other runs: this run's would wait for one
-        queued = call not in self._asking and len(self._asking) >= self.concurrent
-        asking = self._asking.start(call, ask)
+        asking = self._asking.start((sha256, model, row_key), ask)
         if row is None:
             return await asyncio.shield(asking)  # type: ignore[return-value]
-        # A describe() that must first wait for a slot seldom comes within wait_s: the
-        # request is answered now rather than after a wait that buys nothing.
-        done, _ = await asyncio.wait([asking], timeout=0 if queued else self.wait_s)
+        done, _ = await asyncio.wait([asking], timeout=self.wait_s)
         if done:
             error = asking.exception()
             if error is None:

@@ -34,13 +34,6 @@ class SharedCalls:
             task.add_done_callback(partial(self._done, key))
         return task
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._running
-
-    def __len__(self) -> int:
-        """The calls running now."""
-        return len(self._running)
-
     def _done(self, key: Hashable, task: asyncio.Task[object]) -> None:
         del self._running[key]
         if not task.cancelled():
