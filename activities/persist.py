@@ -15,7 +15,7 @@ from festive.attribution.similar import decode as decode_functions
 from store.db import PredictionStore, StoredFunctions
 
 
-async def _retryable(write: Awaitable[bool]) -> bool:
+async def _retryable[T](write: Awaitable[T]) -> T:
     """A database error as a short, retryable failure.
 
     SQLAlchemy's message carries the statement and its parameters (the whole results

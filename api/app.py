@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.datastructures import Default
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from temporalio.service import RPCError
 
@@ -150,7 +151,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str, str, str, Any]] = [
 ]
 
 # Operations that answer something else than JSON.
-RESPONSE_CLASSES: dict[Callable[..., Any], type[Any]] = {report.get_report: HTMLResponse}
+RESPONSE_CLASSES: dict[Callable[..., Any], type[Response]] = {report.get_report: HTMLResponse}
 
 # Operations whose multipart body is read as a stream: (request body, schema name, schema).
 STREAMED_UPLOADS: dict[Callable[..., Any], tuple[dict[str, Any], str, dict[str, Any]]] = {
@@ -213,8 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             openapi_extra={"requestBody": STREAMED_UPLOADS[handler][0]}
             if handler in STREAMED_UPLOADS else None,
             max_body_size=body_limits.get(handler),
-            **({"response_class": RESPONSE_CLASSES[handler]} if handler in RESPONSE_CLASSES
-               else {}),
+            response_class=RESPONSE_CLASSES.get(handler, Default(JSONResponse)),
         )
     _document_upload_schema(app)
     add_docs(app)

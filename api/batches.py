@@ -10,7 +10,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import pipeline
 from api.handlers import State
-from api.schemas import BatchProgressOut, BatchQueued
+from api.schemas import BatchFailureOut, BatchProgressOut, BatchQueued
 from api.state import ApiState
 from api.versions import current_analysis_version
 from common.contracts import (
@@ -125,7 +125,7 @@ async def _require_batch(state: ApiState, batch_id: str) -> Batch:
 async def _progress(state: ApiState, batch: Batch) -> BatchProgressOut:
     counts = await state.store.batch_counts(batch.batch_id)
     failures = await state.store.batch_failures(batch.batch_id, FAILURES_LISTED)
-    listed = [{"sha256": f.sha256, "run_id": f.run_id, "error_details": f.error_details}
+    listed = [BatchFailureOut(sha256=f.sha256, run_id=f.run_id, error_details=f.error_details)
               for f in failures]
     view: dict[str, Any] | None = None
     if batch.state == BATCH_RUNNING:

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -96,7 +97,7 @@ class RequestMetrics:
                 REQUEST_CONTEXT.reset(token)
 
 
-def _operation(scope: dict[str, Any]) -> str:
+def _operation(scope: MutableMapping[str, Any]) -> str:
     """The matched route's summary (e.g. "Submit Sample"): bounded, unlike the path."""
     route = scope.get("route")
     return getattr(route, "summary", None) or getattr(route, "path", None) or "unmatched"

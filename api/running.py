@@ -122,7 +122,7 @@ class RecentViews:
                 return kept.view
         asking = self._asking.start((sha256, model, row_key), ask)
         if row is None:
-            return await asyncio.shield(asking)  # type: ignore[return-value]
+            return await asyncio.shield(asking)
         done, _ = await asyncio.wait([asking], timeout=self.wait_s)
         if done:
             error = asking.exception()

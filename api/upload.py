@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -19,6 +20,9 @@ from starlette.requests import ClientDisconnect
 from api.quotas import UploadAllowance, quota_exceeded
 from common.failures import is_storage_full
 from store.blobs import BlobStore, BlobTooLarge
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 FIELD = "sample"
 # Room for the multipart framing around the sample: boundaries, part headers, other
@@ -151,7 +155,7 @@ async def _sample_chunks(
         raise HTTPException(400, "the uploaded sample is empty")
 
 
-def _callbacks(parts: _Parts) -> dict[str, object]:
+def _callbacks(parts: _Parts) -> MultipartCallbacks:
     def on_part_begin() -> None:
         parts.disposition = b""
 

@@ -22,7 +22,8 @@ from common.contracts import MODEL_NAME
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 60.0
-KEYS = {"url": str, "api_key": str, "model": str, "timeout": (int, float)}
+KEYS: dict[str, type | tuple[type, ...]] = {"url": str, "api_key": str, "model": str,
+                                            "timeout": (int, float)}
 
 
 @dataclass(frozen=True)

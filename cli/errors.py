@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 from typing import IO, Any
 
@@ -39,9 +40,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, code: Exit, status_code: int | None = None) -> None:
         super().__init__(" ".join(message.split()))  # one line, whatever the server sent
-        self.exit_code = int(code)
+        self.exit_code = int(code)  # type: ignore[misc]  # click reads it per instance
         self.status_code = status_code  # the HTTP status of an error answer, if any
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"ae: error: {self.format_message()}", file=file or click.get_text_stream(
-            "stderr"))
+        click.echo(f"ae: error: {self.format_message()}", file=file or sys.stderr)

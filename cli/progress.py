@@ -8,6 +8,7 @@ goes to stderr, so stdout carries only the results.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ class Tracked:
 
 def wait_all(api: Api, tracked: list[Tracked], poll_s: float, timeout_s: float | None) -> None:
     """Poll until every sample's status is final (SUCCESS, FAILURE, REVOKED)."""
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     live = err.isatty()
     width = max((len(t.label) for t in tracked), default=0)
     shown: dict[str, tuple[str, str]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -88,7 +89,7 @@ def _progress(api: Api, batch_id: str, grace_s: float) -> dict[str, Any]:
 
 def _watch(api: Api, batch_id: str, poll_s: float, timeout_s: float | None, as_json: bool,
            grace_s: float = 0.0) -> None:
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     live = err.isatty()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -238,7 +239,7 @@ def report(session: Session, sha256: str, out: str | None, open_it: bool) -> Non
         raise click.UsageError("give --out or --open, not both")
     html = session.api.report(sha256)
     if out == "-":
-        click.get_binary_stream("stdout").write(html)
+        sys.stdout.buffer.write(html)
         return
     if open_it:
         with tempfile.NamedTemporaryFile("wb", prefix=f"ae-{sha256[:12]}-", suffix=".html",

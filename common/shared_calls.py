@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 class SharedCalls:
     def __init__(self) -> None:
-        self._running: dict[Hashable, asyncio.Task[object]] = {}
+        self._running: dict[Hashable, asyncio.Task[Any]] = {}
 
     async def call(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
         """`make()`'s answer; callers with the same key while it runs share the one call."""
-        return await asyncio.shield(self.start(key, make))  # type: ignore[return-value]
+        return await asyncio.shield(self.start(key, make))
 
-    def start(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> asyncio.Task[object]:
+    def start(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> asyncio.Task[Any]:
         """The call for `key`: the one running, else `make()` started now. Nobody need
         wait for it: its answer or exception is collected either way."""
         task = self._running.get(key)
@@ -34,7 +34,7 @@ class SharedCalls:
             task.add_done_callback(partial(self._done, key))
         return task
 
-    def _done(self, key: Hashable, task: asyncio.Task[object]) -> None:
+    def _done(self, key: Hashable, task: asyncio.Task[Any]) -> None:
         del self._running[key]
         if not task.cancelled():
             task.exception()  # retrieved, even when every caller has gone

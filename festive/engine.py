@@ -60,6 +60,7 @@ class Engine:
         self.version = card["version"]
         self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"], precision=precision)
         self.precision = precision
+        self.dim = self.model.model.config.out_dim  # of every vector, the index's too
         self.shipped = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
         if self.shipped.meta.get("weights_sha256") != card["weights_sha256"]:
             raise ValueError("the reference index was built with other weights: run make index")
@@ -104,7 +105,7 @@ class Engine:
         archs = sorted({str(c["lift"].get("binary", {}).get("arch", "")) for c in children})
         with _lock:
             vectors = (self.model.embed(funcs) if funcs
-                       else np.zeros((0, self.shipped.vectors.shape[1]), np.float32))
+                       else np.zeros((0, self.dim), np.float32))
         return ReferenceVectors(vectors, [f.get("name") or f["addr"] for f in funcs],
                                 np.asarray([len(f["blocks"]) for f in funcs], np.int32),
                                 " ".join(a for a in archs if a), self.card["weights_sha256"])
@@ -118,7 +119,7 @@ class Engine:
         """Vectors of a packed lift's considered functions, in its order (one batch run
         per lift, so a lift's vectors do not depend on the other lifts of a sample)."""
         if not packed.graphs:
-            return np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         with _lock:
             return self.model.embed_graphs(packed.graphs)
 
@@ -170,7 +171,7 @@ class Engine:
             vectors = np.concatenate(parts)
             sims, rows = self.searcher.topk(vectors, self.params.top_k)
         else:
-            vectors = np.zeros((0, self.shipped.vectors.shape[1]), np.float32)
+            vectors = np.zeros((0, self.dim), np.float32)
             sims = np.zeros((0, self.params.top_k), np.float32)
             rows = np.zeros((0, self.params.top_k), np.int64)
         decided = [e for e in decide(sims, rows, blocks, self.view, self.params)

@@ -14,7 +14,7 @@ def pack(fmt: str, header: dict[str, Any], **arrays: np.ndarray) -> bytes:
     """The npz bytes of `arrays` plus `header` (with "format": fmt) as JSON."""
     text = json.dumps({**header, "format": fmt}, sort_keys=True).encode()
     buf = io.BytesIO()
-    np.savez_compressed(buf, header=np.frombuffer(text, np.uint8), **arrays)
+    np.savez_compressed(buf, allow_pickle=False, header=np.frombuffer(text, np.uint8), **arrays)
     return buf.getvalue()
 
 

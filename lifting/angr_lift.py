@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -142,15 +142,14 @@ def lift_binary_extras(
         job = _LiftJob.of(project, cfg, to_file, extra, merge_fragments)
         absorbed = job.absorbed
         say(f"merged {absorbed} jump-table fragments into {len(job.parts)} functions")
-        lifted = None
+        parallel = None
         chunks = len(job.todo) / chunk_size
         if workers > 1 and max_functions is None and chunks > PARALLEL_MIN_CHUNKS:
             try:
-                lifted = _lift_parallel(job, workers, chunk_size, say)
+                parallel = _lift_parallel(job, workers, chunk_size, say)
             except BrokenProcessPool:  # a worker died (e.g. at a tight memory limit): alone
                 say("a lift worker died: lifting the functions in this process")
-        if lifted is None:
-            lifted = _lift_serial(job, max_functions, say)
+        lifted = parallel if parallel is not None else _lift_serial(job, max_functions, say)
     functions = [record for record, _extra in lifted]
 
     return {
@@ -285,7 +284,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _forked(job: _LiftJob | _SliceJob, items: list[tuple[int, ...]],
+def _forked(job: _LiftJob | _SliceJob, items: Sequence[tuple[int, ...]],
             workers: int) -> Iterator[tuple[int, Any]]:
     """(index, job.lift(*item)) of every item, as `workers` forked processes finish
     them; the workers see the job (project, CFG) copy-on-write. Raises BrokenProcessPool

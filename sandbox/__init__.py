@@ -186,8 +186,8 @@ def command(argv: Sequence[str], scratch: Path, inputs: Sequence[Path], limits: 
         args += ["--ro-bind", path, path]
     args += ["--dev", "/dev", "--proc", "/proc"]
     args += ["--bind", str(scratch), str(scratch)]
-    for path in inputs:
-        args += ["--ro-bind", str(path), str(path)]
+    for given in inputs:
+        args += ["--ro-bind", str(given), str(given)]
     # The rest of the view (the directories bwrap made to hold the mounts) is read-only.
     args += ["--remount-ro", "/", "--chdir", str(PROJECT_ROOT), "--", *inner]
     return [*join, *args]  # bwrap and all below it in the cgroup
@@ -411,7 +411,8 @@ def _peaks(pid: int) -> tuple[int, int]:
 
 
 def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
+    found: list[int] = []
+    todo = [pid]
     while todo and len(found) < 1000:
         current = todo.pop()
         found.append(current)

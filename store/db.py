@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    CursorResult,
+    Result,
     Select,
     delete,
     event,
@@ -138,7 +140,7 @@ class PredictionStore:
                 update(Sample).where(Sample.sha256 == sha256)
                 .values(last_submitted=now, submissions=Sample.submissions + 1)
             )
-            if seen.rowcount:
+            if _changed(seen):
                 return False
             session.add(
                 Sample(
@@ -165,7 +167,7 @@ class PredictionStore:
                 .where(UploadUsage.key_id == key_id, UploadUsage.window_start == window_start)
                 .values(bytes=UploadUsage.bytes + size)
             )
-            if not counted.rowcount:
+            if not _changed(counted):
                 session.add(UploadUsage(key_id=key_id, window_start=window_start, bytes=size))
             await session.execute(
                 delete(UploadUsage)
@@ -538,7 +540,7 @@ class PredictionStore:
             total = await session.scalar(
                 select(func.count()).select_from(BatchItem).where(BatchItem.batch_id == batch_id)
             )
-            cached = 0
+            cached: int | None = 0
             if not batch_filter.force:
                 cached = await session.scalar(
                     select(func.count()).select_from(matched.where(current).subquery())
@@ -581,7 +583,7 @@ class PredictionStore:
                 .values(status=outcome.status, run_id=outcome.run_id or None,
                         error_details=outcome.error_details, updated_at=utcnow())
             )
-            return bool(result.rowcount)
+            return bool(_changed(result))
 
     async def close_batch(self, batch_id: str, state: str) -> None:
         async with self.session.begin() as session:
@@ -632,7 +634,7 @@ class SampleFilter:
 
 def list_samples_query(
     model: str, f: SampleFilter, after: tuple[datetime, str] | None, limit: int
-) -> Select[Any]:
+) -> Select[Sample, Prediction]:
     """List Samples' query (tests EXPLAIN it): keyset paging on (first_seen, sha256)."""
     query = (
         select(Sample, Prediction)
@@ -648,7 +650,12 @@ def list_samples_query(
     return _sample_filter(query, model, f)
 
 
-def _sample_filter(query: Select[Any], model: str, f: SampleFilter) -> Select[Any]:
+def _changed(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (an UPDATE's result is a CursorResult, which has rowcount)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _sample_filter[*Row](query: Select[*Row], model: str, f: SampleFilter) -> Select[*Row]:
     if f.family:
         query = query.where(exists().where(
             (FamilyEvidence.family == f.family) & (FamilyEvidence.model == model)

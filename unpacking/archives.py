@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import py7zr
 import py7zr.exceptions
@@ -123,6 +123,12 @@ class Meter:
         self.entries += 1
 
 
+class Readable(Protocol):
+    """What Metered reads from: a zip member, a decompressor, libarchive's entry data."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class Metered(io.RawIOBase):
     """Read-only wrapper that charges the meter for every byte it returns.
 
@@ -133,7 +139,7 @@ class Metered(io.RawIOBase):
 
     def __init__(
         self,
-        raw: BinaryIO,
+        raw: Readable,
         meter: Meter,
         prefix: bytes = b"",
         entry_allowance: int | None = None,
@@ -222,6 +228,7 @@ def describe(head: bytes) -> str:
         )
     if head[:4] == b"\xca\xfe\xba\xbe":
         return "Java class file or invalid Mach-O universal header"
+    text: str | None
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -445,11 +452,13 @@ def _gzip_name(path: Path) -> str | None:
 
 def _read_compressed(kind: str, path: Path, meter: Meter, visit: Visitor) -> str:
     """A gzip/bzip2/xz stream: either a compressed tar or a single compressed file."""
-    opener = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[kind]
+    openers: dict[str, Callable[..., Any]] = {  # each opens a binary stream with "rb"
+        "gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
+    opener = openers[kind]
     suffix = {"gzip": "gz", "bzip2": "bz2", "xz": "xz"}[kind]
     try:
         with opener(path, "rb") as raw:
-            stream = Metered(raw, meter)  # type: ignore[arg-type]
+            stream = Metered(raw, meter)
             head = stream.peek_head(SNIFF_BYTES)
             if detect_archive(head) == "tar":
                 _read_tar(stream, meter, visit, label=f"tar.{suffix}")

@@ -129,9 +129,11 @@ class ReanalysisBatch:
                 if self._continue_as_new_due(request):
                     workflow.continue_as_new(dataclasses.replace(request, progress=self._carry()))
                 seen = self._changes
-                await workflow.wait_condition(
-                    lambda seen=seen: self._changes != seen or self._continue_as_new_due(request)
-                )
+
+                def moved(seen: int = seen) -> bool:
+                    return self._changes != seen or self._continue_as_new_due(request)
+
+                await workflow.wait_condition(moved)
         except asyncio.CancelledError:
             await self._cancel_members()
             raise

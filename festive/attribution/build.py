@@ -100,7 +100,10 @@ def collect(builds: Iterator[Build], vectorise: Any, log: Any = print
             ) -> tuple[Rows, list[dict[str, Any]]]:
     families: list[str] = []
     vecs, fam, bld, names, blocks = [], [], [], [], []
-    build_version, build_config, build_family, listing = [], [], [], []
+    build_version: list[str] = []
+    build_config: list[str] = []
+    build_family: list[int] = []
+    listing: list[dict[str, Any]] = []
     for b in builds:
         if not b.functions:
             continue

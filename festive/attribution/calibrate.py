@@ -236,7 +236,7 @@ def pseudo_samples(rows: Rows, nb: Neighbours, view: ReferenceView, params: Verd
         s, r = candidates(nb, query, hidden, params.top_k)
         ev = evidence(s, r, rows.blocks[query], view, params)
         fams = np.asarray(sorted(ev), dtype=np.int64)
-        scores = np.asarray([sum(m.weight for m in ev[f]) for f in fams])
+        scores = np.asarray([sum((m.weight for m in ev[int(f)]), 0.0) for f in fams])
         truth = {rows.build_family[b] for b in present}
         # code the present and host families carry of other families (lz4's xxhash) is
         # really there: neither a hit nor a false alarm
@@ -285,7 +285,8 @@ def assess(trials: list[Trial], weights: np.ndarray, present: float) -> dict[str
     """Family-present precision/recall per trial, and a reliability table."""
     tp = fp = fn = 0
     neg_unknown, negatives = 0, 0
-    probs, labels = [], []
+    probs: list[float] = []
+    labels: list[int] = []
     for t in trials:
         p = sigmoid(t.features @ weights) if len(t.families) else np.zeros(0)
         said = {int(f) for f, q in zip(t.families, p, strict=True) if q >= present}

@@ -154,9 +154,9 @@ def compile_objects(project: Project, tree: Path, cc: list[str], flags: list[str
     flags = [*flags, "-w", f"-I{gen}", *[f"-I{tree / inc}" for inc in project.includes],
              *[f"-D{d}" for d in project.defines]]
     objects = []
-    for index, source in enumerate(_sources(project, tree, gen)):
-        obj = objdir / f"{index:03d}_{source.stem}.o"
-        result = subprocess.run([*cc, *flags, "-c", str(source), "-o", str(obj)],
+    for index, source_file in enumerate(_sources(project, tree, gen)):
+        obj = objdir / f"{index:03d}_{source_file.stem}.o"
+        result = subprocess.run([*cc, *flags, "-c", str(source_file), "-o", str(obj)],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             objects.append(str(obj))

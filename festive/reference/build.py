@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from festive.reference.fetch import FetchError, download, extract_shared_objects, sha256_file
 from festive.reference.packages import ARCHITECTURES, PACKAGES, Package
@@ -61,8 +62,9 @@ def fetch_and_lift(cache: Path, archs: list[str], families: list[str] | None,
         for pkg in PACKAGES:
             if families and pkg.family not in families:
                 continue
-            rec = {"family": pkg.family, "package": pkg.name, "version": pkg.version,
-                   "arch": arch, "status": "ok", "libraries": []}
+            rec: dict[str, Any] = {"family": pkg.family, "package": pkg.name,
+                                   "version": pkg.version, "arch": arch, "status": "ok",
+                                   "libraries": []}
             records.append(rec)
             try:
                 deb = download(cache, pkg, arch)
@@ -74,8 +76,8 @@ def fetch_and_lift(cache: Path, archs: list[str], families: list[str] | None,
                 continue
             for so in shared:
                 out = lift_path(cache, pkg, arch, so)
-                lib = {"file": so.name, "sha256": sha256_file(so),
-                       "lift": str(out.relative_to(cache))}
+                lib: dict[str, Any] = {"file": so.name, "sha256": sha256_file(so),
+                                       "lift": str(out.relative_to(cache))}
                 rec["libraries"].append(lib)
                 if is_current_lift(out):
                     lib["cached"] = True

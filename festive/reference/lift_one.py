@@ -18,12 +18,13 @@ from pathlib import Path
 def exported_functions(path: str) -> dict[str, list[str]]:
     """Map hex address -> defined, exported FUNC/IFUNC names in .dynsym (aliases kept)."""
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     exports: dict[str, list[str]] = {}
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         dynsym = elf.get_section_by_name(".dynsym")
-        if dynsym is None:
+        if not isinstance(dynsym, SymbolTableSection):
             return exports
         for sym in dynsym.iter_symbols():
             info = sym["st_info"]

@@ -47,8 +47,8 @@ class Batch:
     n_graphs: int
 
     def to(self, device: str | torch.device) -> Batch:
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                 for k, v in self.__dict__.items()}
+        moved: dict[str, Any] = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                                 for k, v in self.__dict__.items()}
         return Batch(**moved)
 
 

@@ -101,7 +101,7 @@ def to_bytes(packed: PackedLift) -> bytes:
     meta = {"version": PACK_VERSION, "binary": packed.binary,
             "functions_total": packed.functions_total, "addrs": packed.addrs,
             "names": packed.names, "blocks": packed.blocks}
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8),
         "n_blocks": np.asarray([g.n_blocks for g in graphs], dtype=np.int64),
         "tok_off": _offsets([len(g.tok) for g in graphs]),
@@ -117,7 +117,7 @@ def to_bytes(packed: PackedLift) -> bytes:
         "baddr": _cat(list(packed.block_addrs), np.int64),
     }
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
 
