@@ -50,6 +50,7 @@ runtime-deps:
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # deb-src entries for the Debian suites whose sources the tests and the reference build
 # compile (apt-get source NAME/SUITE); the suites' binary packages stay out of reach.
