@@ -18,6 +18,7 @@ from common import metrics
 from common.contracts import EmbedRequest, EmbedResult
 from festive.attribution.similar import SampleFunctions
 from festive.attribution.similar import encode as encode_functions
+from festive.card import DEFAULT_PRECISION
 from festive.user_references import ActiveReference, ReferenceSet
 from store.blobs import BlobStore
 
@@ -95,7 +96,7 @@ def lift_vectors(blobs: BlobStore, engine: Engine, packed_sha256: str,
     from festive.v1.packed import vectors_from_bytes, vectors_to_bytes
 
     kind = f"fvec-{engine.card['weights_sha256'][:24]}"
-    if engine.precision != "float32":  # float32's entries keep the name they had
+    if engine.precision != DEFAULT_PRECISION:  # float32's entries keep the name they had
         kind += f"-{engine.precision}"
     found = blobs.get_derived(kind, packed_sha256)
     if found is not None:

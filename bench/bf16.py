@@ -23,7 +23,6 @@ bench/festive_gpu.py runs the same comparison on a GPU (bf16_effect).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -38,17 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from festive.card import PRECISIONS  # noqa: E402
+from festive.data.corpus import read_lift  # noqa: E402
 from festive.eval.metrics import bootstrap_ci  # noqa: E402
 
 
 def read_lifts(root: Path) -> list[tuple[str, dict[str, Any]]]:
     """("project/build", lift) for DIR/<project>/<build>.json.gz, sorted."""
-    out = []
-    for path in sorted(root.glob("*/*.json.gz")):
-        with gzip.open(path, "rt") as handle:
-            out.append((f"{path.parent.name}/{path.name.removesuffix('.json.gz')}",
-                        json.load(handle)))
-    return out
+    return [(f"{path.parent.name}/{path.name.removesuffix('.json.gz')}", read_lift(path))
+            for path in sorted(root.glob("*/*.json.gz"))]
 
 
 def recall_at_1(vectors: np.ndarray, keys: list[tuple[str, str, str]]) -> np.ndarray:
@@ -72,17 +68,14 @@ def recall_at_1(vectors: np.ndarray, keys: list[tuple[str, str, str]]) -> np.nda
 
 
 def compare(reference: np.ndarray, low: np.ndarray, keys: list[tuple[str, str, str]],
-            index: Any, device: str) -> dict[str, Any]:
+            searcher: Any, family: np.ndarray) -> dict[str, Any]:
     """How far the bf16 vectors are from the float32 ones, and what that changes in a
-    search of the served index and in cross-build retrieval."""
-    from festive.attribution.search import Searcher
-
+    search of the served index (its Searcher, and each row's family) and in cross-build
+    retrieval."""
     cosine = (reference * low).sum(axis=1) / np.maximum(
         np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1), 1e-12)
-    searcher = Searcher(index.vectors, device=device)
     s32, r32 = searcher.topk(reference, 1)
     s16, r16 = searcher.topk(low, 1)
-    family = index.row_family
     out: dict[str, Any] = {
         "functions": len(reference),
         "cosine_min": float(cosine.min()), "cosine_p01": float(np.quantile(cosine, 0.01)),
@@ -181,8 +174,8 @@ def main() -> None:
         "engine": {"version": full.version, "index_version": full.index_version,
                    "reference_rows": int(full.searcher.n)},
         "builds": [name for name, _ in lifts],
-        "agreement": compare(stacked["float32"], stacked["bfloat16"], keys, full.index,
-                             full.model.device),
+        "agreement": compare(stacked["float32"], stacked["bfloat16"], keys, full.searcher,
+                             full.index.row_family),
         "attribution": attributions(engines, lifts, packed, vectors),
         "speed": timing(engines, [packed[name] for name, _ in lifts], args.threads,
                         args.repeat),

@@ -67,8 +67,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="debian-build-") as tmp:
                 lift = lift_binary(str(fetch(package, version, soname, Path(tmp))))
             target.parent.mkdir(parents=True, exist_ok=True)
-            with gzip.open(target, "wt") as handle:
+            partial = target.with_name(target.name + ".tmp")  # a cut run leaves no lift
+            with gzip.open(partial, "wt") as handle:
                 json.dump(lift, handle)
+            partial.replace(target)
             print(project, version, len(lift["functions"]), "functions", flush=True)
 
 

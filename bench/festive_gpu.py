@@ -220,7 +220,7 @@ def bf16_effect(graphs: list, keys: list[tuple[str, str, str]], shipped: Referen
               for precision in ("float32", "bfloat16")}
     ref = models["float32"].embed_graphs(graphs)
     low = models["bfloat16"].embed_graphs(graphs)
-    out = compare(ref, low, keys, shipped, GPU)
+    out = compare(ref, low, keys, Searcher(shipped.vectors, device=GPU), shipped.row_family)
     reps = (n_target + len(graphs) - 1) // len(graphs)
     many = (graphs * reps)[:n_target]
     from festive.v1.model import collate

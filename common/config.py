@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from festive.card import PRECISIONS
+from festive.card import DEFAULT_PRECISION, PRECISIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_VERSION = "2.4.8"
@@ -205,7 +205,7 @@ class Settings:
     # How the gpu worker embeds (festive.card.PRECISIONS): "float32" as trained, or
     # "bfloat16" autocast (faster where the chip has bfloat16 units; bench/bf16.md).
     embed_precision: str = field(
-        default_factory=lambda: os.environ.get("AE_EMBED_PRECISION", "float32").strip()
+        default_factory=lambda: os.environ.get("AE_EMBED_PRECISION", DEFAULT_PRECISION).strip()
     )
     # API authentication: "enabled" (default) or "disabled" (local development only).
     auth: str = field(default_factory=lambda: os.environ.get("AE_AUTH", "enabled").strip())

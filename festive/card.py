@@ -19,6 +19,7 @@ DEFAULT_ENGINE = "v1"
 # How the embedding runs (AE_EMBED_PRECISION): float32 as trained, or its matrix work in
 # bfloat16 (torch autocast) with the vectors made unit length in float32 (bench/bf16.md).
 PRECISIONS = ("float32", "bfloat16")
+DEFAULT_PRECISION = PRECISIONS[0]
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 

@@ -23,6 +23,7 @@ from festive.attribution.similar import Function, SampleFunctions
 from festive.attribution.verdict import FamilyEvidence, ReferenceView, VerdictParams, capped, decide
 from festive.card import (
     DEFAULT_ENGINE,
+    DEFAULT_PRECISION,
     MODEL_NAME,
     WEIGHTS_DIR,
     analysis_version,
@@ -49,7 +50,7 @@ def _fmt(value: float, digits: int = 4) -> str:
 class Engine:
     """Model + reference index + verdict parameters, loaded once."""
 
-    def __init__(self, engine: str = DEFAULT_ENGINE, precision: str = "float32"):
+    def __init__(self, engine: str = DEFAULT_ENGINE, precision: str = DEFAULT_PRECISION):
         if engine != "v1":
             raise ValueError(f"unknown FESTIVE engine {engine!r} (installed: v1)")
         from festive.v1.embed import Embedder  # torch: only when an engine is loaded
@@ -59,7 +60,6 @@ class Engine:
         self.engine = engine
         self.version = card["version"]
         self.model = Embedder(WEIGHTS_DIR / engine / card["weights_file"], precision=precision)
-        self.precision = precision
         self.dim = self.model.model.config.out_dim  # of every vector, the index's too
         self.shipped = ReferenceIndex.load(WEIGHTS_DIR / engine / card["index_file"])
         if self.shipped.meta.get("weights_sha256") != card["weights_sha256"]:
@@ -67,6 +67,11 @@ class Engine:
         self.params = VerdictParams.from_card(card["verdict"])
         self._use(self.shipped)
         self.device = self.searcher.device
+
+    @property
+    def precision(self) -> str:
+        """How the model embeds (festive.card.PRECISIONS)."""
+        return self.model.precision
 
     def _use(self, index: ReferenceIndex) -> None:
         """Search this index from now on (the shipped one, or it plus users' references)."""
@@ -293,7 +298,7 @@ def _load(engine: str, precision: str) -> Engine:
     return Engine(engine, precision)
 
 
-def load_engine(engine: str | None = None, precision: str = "float32") -> Engine:
+def load_engine(engine: str | None = None, precision: str = DEFAULT_PRECISION) -> Engine:
     """The process-wide engine (None = the default) at this precision, loaded once."""
     with _lock:
         return _load(engine or DEFAULT_ENGINE, precision)

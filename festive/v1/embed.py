@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from festive.card import PRECISIONS
+from festive.card import DEFAULT_PRECISION, PRECISIONS
 from festive.v1.graph import MAX_BLOCKS, FunctionGraph, to_graph
 from festive.v1.model import FestiveGNN, collate, load
 
@@ -25,7 +25,7 @@ class Embedder:
     """A loaded FestiveGNN plus batching; thread-unsafe by design (callers lock)."""
 
     def __init__(self, path: Path | str = WEIGHTS, device: str | None = None,
-                 model: FestiveGNN | None = None, precision: str = "float32"):
+                 model: FestiveGNN | None = None, precision: str = DEFAULT_PRECISION):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,7 +35,7 @@ class Embedder:
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """The context the model runs in: torch autocast for bfloat16, else none."""
-        if self.precision == "float32":
+        if self.precision == DEFAULT_PRECISION:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
 
