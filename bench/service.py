@@ -131,9 +131,10 @@ def cmd_parallel(args: argparse.Namespace) -> None:
 # --- a started stack ----------------------------------------------------------------------
 @contextlib.contextmanager
 def stack(base: Path, cpu_workers: int = 1, env: dict[str, str] | None = None,
-          api_workers: int = 1) -> Iterator[list[str]]:
-    """Temporal dev server + orchestration, cpu (xN), gpu workers + API(s); yields API URLs."""
-    temporal_port = free_port()
+          api_workers: int = 1, temporal_port: int | None = None) -> Iterator[list[str]]:
+    """Temporal dev server + orchestration, cpu (xN), gpu workers + API(s); yields API URLs.
+    The dev server listens on `temporal_port` (default: a free port)."""
+    temporal_port = temporal_port or free_port()
     base.mkdir(parents=True, exist_ok=True)
     cli = Path(python()).parent / "temporal"
     log = open(base / "temporal.log", "wb")  # noqa: SIM115 - closed below
