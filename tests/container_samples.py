@@ -12,9 +12,11 @@ tool's output in place (CAB, ISO, MSI), as a hostile sender would.
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import subprocess
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -243,6 +245,19 @@ def rar5_stored(
         out += _rar5_block(2, 0, fields, extra, data)
     out += _rar5_block(5, 0, vint(0))
     return bytes(out)
+
+
+def zip_with_encrypted_rars(work: Path) -> bytes:
+    """A zip of a plain ELF and two encrypted RARs with an ELF each (all three differ):
+    RAR 4 (password "virus", decrypted by unpacking.rar4_crypt) and RAR 5 ("infected",
+    read with unar), the archives whose reading takes time of its own."""
+    four = rar4_stored([("bin/true", TRUE_ELF + b"\0")], password="virus")
+    five = rar(work, {"bin/true": TRUE_ELF + b"\0\0"}, "-pinfected")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in (("true", TRUE_ELF), ("four.rar", four), ("five.rar", five)):
+            archive.writestr(name, data)
+    return out.getvalue()
 
 
 # --- patching a tool's output in place ---------------------------------------------------------

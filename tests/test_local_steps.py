@@ -16,9 +16,13 @@ from urllib.parse import quote
 
 import httpx
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
+from activities.deps import Deps
 from activities.stage_cache import cached_unpack, store_unpack
+from activities.unpack import Unpack
+from common.config import Settings
 from common.contracts import (
     MODEL_NAME,
     AnalyzeRequest,
@@ -27,6 +31,7 @@ from common.contracts import (
     workflow_id,
 )
 from store.blobs import open_blobs
+from tests import container_samples
 from tests.conftest import submit, wait_for_final
 from unpacking.cache import unpack_key
 from unpacking.extract import UnpackLimits
@@ -123,3 +128,29 @@ def test_a_cached_unpack_is_used_only_with_its_report_and_children(tmp_path: Pat
     assert cached_unpack(blobs, request, UnpackLimits(max_children=1)) is None
     blobs.path(child).unlink()  # the member is gone: unpacked again, never a missing child
     assert cached_unpack(blobs, request, limits) is None
+
+
+async def test_an_unpack_that_ran_out_of_time_is_not_kept(tmp_path: Path) -> None:
+    """An unpack that abandoned an archive for want of time (an encrypted RAR past
+    UnpackLimits.archive_seconds; the flag comes out of the sandboxed child's report) is
+    not stored: on a less busy machine the same sample may unpack to more, so the next
+    analysis unpacks it again. The same sample with time enough is stored."""
+    settings = Settings(data_dir=tmp_path / "data", warm_children=0)
+    blobs = open_blobs(settings.blob_url, settings.scratch_dir)
+    deps = Deps(settings=settings, blobs=blobs)
+    work = tmp_path / "work"
+    work.mkdir()
+    sample = blobs.put_bytes(container_samples.zip_with_encrypted_rars(work))
+    request = AnalyzeRequest(sample, MODEL_NAME, "1", "cpu", "gpu", filename="mixed.zip")
+
+    short = UnpackLimits(archive_seconds=0)
+    late = await ActivityEnvironment().run(Unpack(deps, short).unpack_sample, request)
+    assert [c.name for c in late.children] == ["mixed.zip/true"]
+    skipped = blobs.read_json(late.report_sha256)["skipped"]
+    assert [s["name"] for s in skipped] == ["mixed.zip/four.rar", "mixed.zip/five.rar"]
+    assert cached_unpack(blobs, request, short) is None
+
+    limits = UnpackLimits()
+    timely = await ActivityEnvironment().run(Unpack(deps, limits).unpack_sample, request)
+    assert len(timely.children) == 3
+    assert cached_unpack(blobs, request, limits) == timely

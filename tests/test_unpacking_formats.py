@@ -226,6 +226,28 @@ def test_rar5_with_encrypted_headers_without_unar_names_the_limit(
     )
 
 
+# --- time ------------------------------------------------------------------------------------
+def test_an_archive_out_of_time_is_abandoned_and_the_report_says_so(
+    store: BlobStore, work: Path
+) -> None:
+    """Each archive has UnpackLimits.archive_seconds for every entry and password; one
+    past it is abandoned with its reason, and the report is marked time-limited (a less
+    busy machine may find more: activities/unpack.py does not keep it)."""
+    data = samples.zip_with_encrypted_rars(work)
+    timely = unpack(store, data, "mixed.zip")
+    assert [c.name for c in timely.children] == [
+        "mixed.zip/true", "mixed.zip/four.rar/bin/true", "mixed.zip/five.rar/bin/true"]
+    assert not timely.time_limited and reasons(timely) == {}
+
+    late = unpack(store, data, "mixed.zip", archive_seconds=0)
+    assert [c.name for c in late.children] == ["mixed.zip/true"]
+    assert reasons(late) == {
+        "mixed.zip/four.rar": "archive abandoned: encrypted RAR took too long to decrypt",
+        "mixed.zip/five.rar": "archive abandoned: encrypted RAR took longer than 0 s to read",
+    }
+    assert late.time_limited
+
+
 # --- bombs -------------------------------------------------------------------------------------
 BOMB = "possible decompression bomb"
 

@@ -17,6 +17,7 @@ import stat
 import struct
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -48,6 +49,7 @@ __all__ = [
     "Member",
     "Meter",
     "StopUnpacking",
+    "TimeLimit",
     "detect_archive",
     "is_traversal",
     "describe",
@@ -67,6 +69,13 @@ class StopUnpacking(LimitReached):
 
 class ArchiveLimit(LimitReached):
     """This archive produces too much for its size: stop reading it."""
+
+
+class TimeLimit(ArchiveLimit):
+    """This archive took longer than its time allowance (UnpackLimits.archive_seconds,
+    or one external tool's): stop reading it. Unlike the other caps this depends on how
+    busy the machine was, so the report says so (UnpackReport.time_limited) and such an
+    unpack is not kept for reuse (activities/unpack.py)."""
 
 
 class EntryLimit(LimitReached):
@@ -99,12 +108,17 @@ class Budget:
 
 
 class Meter:
-    """Per-archive counters: output must stay within max_ratio times the archive's size."""
+    """Per-archive counters: output must stay within max_ratio times the archive's size,
+    and readers that take time of their own (external tools, decryption) stop at
+    `deadline`, `seconds` after the archive was opened."""
 
-    def __init__(self, budget: Budget, compressed_size: int, max_ratio: float) -> None:
+    def __init__(self, budget: Budget, compressed_size: int, max_ratio: float,
+                 seconds: float = float("inf")) -> None:
         self.budget = budget
         self.max_ratio = max_ratio
         self.compressed_size = compressed_size
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
         self.allowance = max(int(max_ratio * compressed_size), RATIO_FLOOR)
         self.produced = 0
         self.entries = 0

@@ -7,6 +7,8 @@ limits, a digest of this package's source, the versions of the libraries it read
 archives with, and which external tools it calls are installed (unar: RAR 5 and
 encrypted RAR headers; upx: packed executables). Any of them changing is a new key, so
 a cached result is never reused across an upgrade; the sample is unpacked again.
+What the key cannot hold is time: an unpack that ran out of time somewhere
+(UnpackReport.time_limited) is not stored at all (activities/unpack.py).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 `python -m unpacking.child WORKDIR`: reads WORKDIR/request.json ({"sha256", "name",
 "limits"}), finds the sample in the blob store WORKDIR/store (a directory the parent
 filled), unpacks it there with unpacking.extract, and writes WORKDIR/result.json: the
-report ({"children", "skipped", "archives"}) or {"error": message}. The exit code says
-which (see EXIT_*). The parent (unpacking/contained.py) moves the blobs the report names
-into the real store; this process never sees the real store, the database or the keys.
+report ({"children", "skipped", "archives", "time_limited"}) or {"error": message}. The
+exit code says which (see EXIT_*). The parent (unpacking/contained.py) moves the blobs
+the report names into the real store; this process never sees the real store, the
+database or the keys.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> int:
     _write(work, {
         "children": [dataclasses.asdict(child) for child in report.children],
         "skipped": report.skipped,
+        "time_limited": report.time_limited,
         "archives": report.archives,
     })
     return EXIT_OK

@@ -173,12 +173,16 @@ def _report(document: dict[str, Any]) -> UnpackReport:
         skipped = [_strings(entry, {"name", "reason"}) for entry in document["skipped"]]
         archives = [_strings(entry, {"name", "type", "entries", "sha256"})
                     for entry in document["archives"]]
+        time_limited = document["time_limited"]
+        if type(time_limited) is not bool:
+            raise ValueError(f"time_limited is {time_limited!r:.50}")
     except (KeyError, TypeError, ValueError) as exc:
         raise UnpackFailed(f"the unpack process wrote an unreadable report ({exc})") from exc
     for archive in archives:
         if not is_sha256(archive["sha256"]):
             raise UnpackFailed("the unpack process wrote an unreadable report (archive sha256)")
-    return UnpackReport(children=children, skipped=skipped, archives=archives)
+    return UnpackReport(children=children, skipped=skipped, archives=archives,
+                        time_limited=time_limited)
 
 
 def _child(entry: Any) -> Child:

@@ -20,7 +20,6 @@ import io
 import os
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import libarchive.ffi as ffi
@@ -39,7 +38,7 @@ from unpacking.archives import (
 )
 from unpacking.formats import RAR5_MAGIC
 from unpacking.rar4_crypt import RAR4_MAGIC, decrypted_copy
-from unpacking.rar_unar import ARCHIVE_TIMEOUT_S, RarLock, read_encrypted_rar, unar_tools
+from unpacking.rar_unar import RarLock, read_encrypted_rar, unar_tools
 
 __all__ = ["CONTAINER_KINDS", "read_container"]
 
@@ -170,13 +169,12 @@ def _decrypt_rar4(
     first password whose copy libarchive reads without a CRC or data error, or None
     when none does. The trial read drains every member under caps as large as the
     meter's own; a cap it reaches is the archive's, whatever the password."""
-    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
     for password in passwords:
         handle, name = tempfile.mkstemp(suffix=".rar", dir=spool_dir)
         os.close(handle)
         target, kept = Path(name), False
         try:
-            decrypted_copy(path, password, target, deadline)
+            decrypted_copy(path, password, target, meter.deadline)
             budget = Budget(meter.budget.max_total_bytes - meter.budget.bytes,
                             meter.budget.max_entries - meter.budget.entries)
             trial = Meter(budget, meter.compressed_size, meter.max_ratio)

@@ -28,6 +28,7 @@ from unpacking.archives import (
     Member,
     Meter,
     StopUnpacking,
+    TimeLimit,
     describe,
     is_traversal,
     read_archive,
@@ -48,6 +49,7 @@ __all__ = ["BadSample", "Child", "UnpackLimits", "UnpackReport", "unpack_sample"
 MiB = 1 << 20
 HEAD = ARCHIVE_HEAD_BYTES  # enough for every magic number checked, ISO 9660's at 0x8001
 UPX_TIMEOUT_S = 60
+UPX_TIMED_OUT = f"UPX-packed: upx -d timed out after {UPX_TIMEOUT_S} s"
 NOTHING_FOUND = "no supported executable (ELF, PE, Mach-O) found"
 
 
@@ -59,6 +61,9 @@ class UnpackLimits:
     max_total_bytes: int = 512 * MiB  # decompressed bytes produced, all archives together
     max_child_bytes: int = 200 * MiB
     max_ratio: float = 250.0  # decompressed / compressed, per archive and per zip entry
+    # one archive read with external tools or decrypted here (encrypted RAR): every
+    # entry, every password tried
+    archive_seconds: float = 300.0
     passwords: tuple[str, ...] = ("infected", "malware", "virus", "password")
 
 
@@ -78,6 +83,9 @@ class UnpackReport:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
     # one per archive opened: {"name", "type", "entries", "sha256"}
     archives: list[dict[str, str]] = field(default_factory=list)
+    # something was skipped for taking too long (TimeLimit, upx): on a less busy machine
+    # the same sample may unpack to more, so this report is not kept for reuse
+    time_limited: bool = False
 
 
 def unpack_sample(
@@ -152,7 +160,8 @@ class _Unpacker:
         self.report.archives.append(entry)
         try:
             with self.blobs.local_copy(sha256) as path:
-                meter = Meter(self.budget, path.stat().st_size, self.limits.max_ratio)
+                meter = Meter(self.budget, path.stat().st_size, self.limits.max_ratio,
+                              self.limits.archive_seconds)
                 reader = read_container if kind in CONTAINER_KINDS else read_archive
                 entry["type"] = reader(
                     kind,
@@ -164,6 +173,7 @@ class _Unpacker:
                     self.limits.max_child_bytes,
                 )
         except ArchiveLimit as exc:
+            self.report.time_limited |= isinstance(exc, TimeLimit)
             self._skip(label, f"archive abandoned: {exc}")
         except CorruptArchive as exc:
             if is_storage_full(exc):  # our disk, not the archive: retried (worker/storage.py)
@@ -251,6 +261,7 @@ class _Unpacker:
     ) -> None:
         unpacked, note = _upx_unpack(self.blobs, sha256, self.limits.max_child_bytes)
         if note:
+            self.report.time_limited |= note == UPX_TIMED_OUT
             self._skip(label, note)
         if unpacked is not None and unpacked[0] not in self.seen:
             # The packed file is only a wrapper: the lifter gets what it unpacks to.
@@ -306,7 +317,7 @@ def _upx_unpack(blobs: BlobStore, sha256: str, max_bytes: int) -> tuple[Unpacked
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return None, f"UPX-packed: upx -d timed out after {UPX_TIMEOUT_S} s"
+            return None, UPX_TIMED_OUT
         except (OSError, subprocess.SubprocessError) as exc:
             return None, f"UPX-packed: upx -d could not run ({exc})"
         if done.returncode != 0:

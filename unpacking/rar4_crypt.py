@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from unpacking.archives import ArchiveLimit, CorruptArchive
+from unpacking.archives import ArchiveLimit, CorruptArchive, TimeLimit
 
 __all__ = ["RAR4_MAGIC", "decrypted_copy", "rar3_key"]
 
@@ -75,7 +75,7 @@ def decrypted_copy(source: Path, password: str, target: Path, deadline: float) -
             packed = _packed_size(kind, flags, body)
             if kind == FILE and flags & PASSWORD:
                 if time.monotonic() > deadline:
-                    raise ArchiveLimit("encrypted RAR took too long to decrypt")
+                    raise TimeLimit("encrypted RAR took too long to decrypt")
                 _write_decrypted(out, src, flags, body, packed, password)
             else:
                 out.write(head + body)

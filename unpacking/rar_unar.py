@@ -35,13 +35,15 @@ from unpacking.archives import (
     Member,
     Meter,
     Metered,
+    TimeLimit,
     Visitor,
 )
 
 __all__ = ["RarLock", "read_encrypted_rar", "unar_tools"]
 
-TOOL_TIMEOUT_S = 60  # one lsar listing or one entry's extraction
-ARCHIVE_TIMEOUT_S = 300  # every entry of one archive, all passwords tried
+# one lsar listing or one entry's extraction; the whole archive (every entry, every
+# password tried) has the meter's time (UnpackLimits.archive_seconds)
+TOOL_TIMEOUT_S = 60
 TOOL_MEMORY = 2 << 30
 MAX_LISTING = 64 << 20  # lsar's JSON for a hostile archive stops being read here
 
@@ -81,9 +83,8 @@ def read_encrypted_rar(
     if tools is None or not passwords:
         raise ValueError("read_encrypted_rar needs lsar, unar and at least one password")
     lsar, unar = tools
-    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
     order = list(passwords)
-    listing = _listing(lsar, path, order if lock.headers else [""], deadline)
+    listing = _listing(lsar, path, order if lock.headers else [""], meter)
     if listing is None:
         raise CorruptArchive(
             f"RAR archive with encrypted headers: none of the {len(passwords)} known "
@@ -98,18 +99,18 @@ def read_encrypted_rar(
         if not isinstance(entry, dict):
             raise CorruptArchive(f"corrupt {label} archive: unexpected lsar listing")
         meter.entry()
-        _visit(unar, path, entry, meter, visit, order, spool_dir, max_member_bytes, deadline)
+        _visit(unar, path, entry, meter, visit, order, spool_dir, max_member_bytes)
     return label
 
 
 def _listing(
-    lsar: str, path: Path, passwords: list[str], deadline: float
+    lsar: str, path: Path, passwords: list[str], meter: Meter
 ) -> tuple[dict[str, Any], str] | None:
     """(lsar's JSON, the password that listed it) or None when none did. An empty
     password lists an archive whose headers are not encrypted."""
     for password in passwords:
         argv = [lsar, "-j", *(("-p", password) if password else ()), str(path)]
-        done = _run(argv, deadline, file_bytes=0)
+        done = _run(argv, meter, file_bytes=0)
         if len(done.stdout) > MAX_LISTING:
             raise ArchiveLimit(f"RAR listing larger than {MAX_LISTING} bytes")
         try:
@@ -133,7 +134,6 @@ def _visit(
     order: list[str],
     spool_dir: Path,
     max_member_bytes: int,
-    deadline: float,
 ) -> None:
     name = str(entry.get("XADFileName", ""))
     if entry.get("XADIsDirectory"):
@@ -153,7 +153,7 @@ def _visit(
         with tempfile.TemporaryDirectory(dir=spool_dir) as scratch:
             argv = [unar, "-f", "-D", "-nr", "-i", "-o", scratch,
                     *(("-p", password) if password else ()), str(path), str(index)]
-            done = _run(argv, deadline, file_bytes=limit)
+            done = _run(argv, meter, file_bytes=limit)
             files = [p for p in Path(scratch).rglob("*") if p.is_file() and not p.is_symlink()]
             if done.returncode == 0 and len(files) == 1:
                 if password:
@@ -181,10 +181,10 @@ def _hand_over(file: Path, name: str, meter: Meter, visit: Visitor) -> None:
             pass
 
 
-def _run(argv: list[str], deadline: float, file_bytes: int) -> subprocess.CompletedProcess[bytes]:
-    remaining = deadline - time.monotonic()
+def _run(argv: list[str], meter: Meter, file_bytes: int) -> subprocess.CompletedProcess[bytes]:
+    remaining = meter.deadline - time.monotonic()
     if remaining <= 0:
-        raise ArchiveLimit(f"encrypted RAR took longer than {ARCHIVE_TIMEOUT_S} s to read")
+        raise TimeLimit(f"encrypted RAR took longer than {meter.seconds:g} s to read")
     timeout = min(TOOL_TIMEOUT_S, remaining)
     try:
         return subprocess.run(
@@ -194,7 +194,7 @@ def _run(argv: list[str], deadline: float, file_bytes: int) -> subprocess.Comple
             env={**os.environ, "LC_ALL": "C.UTF-8"},
         )
     except subprocess.TimeoutExpired as exc:
-        raise ArchiveLimit(f"{Path(argv[0]).name} took longer than {timeout:.0f} s") from exc
+        raise TimeLimit(f"{Path(argv[0]).name} took longer than {timeout:.0f} s") from exc
 
 
 def _reason(output: bytes) -> str:
