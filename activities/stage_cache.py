@@ -28,7 +28,7 @@ from common.contracts import (
     LiftResult,
     UnpackResult,
 )
-from festive.v1.packed import PACK_VERSION, from_bytes
+from festive.v1.packed import PACK_VERSION, summary_from_bytes
 from lifting.angr_lift import LIFT_CACHE_KIND
 from store.blobs import BlobStore
 from unpacking.cache import UNPACK_CACHE_KIND, unpack_key
@@ -53,13 +53,12 @@ def store_lift(blobs: BlobStore, child: BinaryChild, lift_sha256: str) -> None:
 
 
 def summary(packed: bytes | None, lift: Callable[[], dict[str, Any]]) -> tuple[str, int]:
-    """(arch, function count) of a lift: from its packed graphs when there are some (a
-    fraction of the size, no VEX text to parse), else from the JSON lift itself."""
+    """(arch, function count) of a lift: from its packed graphs' small header when there
+    are some (no graphs decoded, no VEX text parsed), else from the JSON lift itself."""
     if packed is not None:
         try:
-            unpacked = from_bytes(packed)
-            return unpacked.binary["arch"], unpacked.functions_total
-        except (ValueError, KeyError):
+            return summary_from_bytes(packed)
+        except ValueError:
             pass  # damaged or foreign: the lift itself says
     lifted = lift()
     return lifted["binary"]["arch"], len(lifted["functions"])

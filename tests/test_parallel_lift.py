@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from elftools.elf.elffile import ELFFile
 
 from festive.v1.graph import FunctionGraph
-from festive.v1.packed import from_bytes, graph_if_considered, pack_lift
+from festive.v1.packed import from_bytes, graph_if_considered, pack_lift, summary_from_bytes
 from lifting import cfg_slices
 from lifting.angr_lift import import_angr, lift_binary_extras
 from lifting.child import EXIT_OK, FEATURES_SUFFIX
@@ -61,12 +62,18 @@ def test_lift_child_writes_the_features_of_its_lift(tmp_path: Path) -> None:
     assert done.returncode == EXIT_OK, done.stderr
     assert "chunks, 2 workers" in done.stdout
     lift = json.loads(gzip.decompress(out.read_bytes()))
-    packed = from_bytes((tmp_path / ("lift.json.gz" + FEATURES_SUFFIX)).read_bytes())
+    data = (tmp_path / ("lift.json.gz" + FEATURES_SUFFIX)).read_bytes()
+    packed = from_bytes(data)
     fresh = pack_lift(lift)  # featurised from the JSON lift, as the embed stage did
     assert packed.addrs == fresh.addrs and packed.names == fresh.names
     assert packed.blocks == fresh.blocks and packed.binary == fresh.binary
     assert packed.functions_total == len(lift["functions"])
     assert all(same_graph(a, b) for a, b in zip(packed.graphs, fresh.graphs, strict=True))
+    # the stage cache's summary reads the header alone, and says the same
+    assert summary_from_bytes(data) == (lift["binary"]["arch"], len(lift["functions"]))
+    for damaged in (data[: len(data) // 2], b"not a packed lift"):
+        with pytest.raises(ValueError, match="not a packed lift"):
+            summary_from_bytes(damaged)
 
 
 def test_a_bad_worker_count_is_a_clear_error(tmp_path: Path) -> None:

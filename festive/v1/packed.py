@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,14 +124,8 @@ def to_bytes(packed: PackedLift) -> bytes:
 
 def from_bytes(data: bytes) -> PackedLift:
     """The inverse of to_bytes; ValueError for another PACK_VERSION or a damaged blob."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            a = {key: z[key] for key in z.files}
-        meta = json.loads(a["meta"].tobytes())
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a packed lift: {exc}") from exc
-    if meta.get("version") != PACK_VERSION:
-        raise ValueError(f"packed lift of version {meta.get('version')!r}, wanted {PACK_VERSION!r}")
+    a = _arrays(data, None)
+    meta = _meta(a)
     graphs = []
     t, e, f = a["tok_off"], a["edge_off"], a["ftok_off"]
     for i, n in enumerate(a["n_blocks"].tolist()):
@@ -145,6 +140,36 @@ def from_bytes(data: bytes) -> PackedLift:
                       addrs=meta["addrs"], names=meta["names"], blocks=meta["blocks"],
                       graphs=graphs,
                       block_addrs=[a["baddr"][b[i]:b[i + 1]] for i in range(len(graphs))])
+
+
+def summary_from_bytes(data: bytes) -> tuple[str, int]:
+    """(arch, functions_total) of a packed lift, read from its small "meta" part alone
+    (the stage cache's lookup needs no graphs); ValueError as from_bytes."""
+    meta = _meta(_arrays(data, ["meta"]))
+    try:
+        return str(meta["binary"]["arch"]), int(meta["functions_total"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a packed lift: {exc}") from exc
+
+
+def _arrays(data: bytes, keys: list[str] | None) -> dict[str, np.ndarray]:
+    """The named arrays of a to_bytes blob (all when keys is None)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {key: z[key] for key in (z.files if keys is None else keys)}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a packed lift: {exc}") from exc
+
+
+def _meta(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    try:
+        meta = json.loads(arrays["meta"].tobytes())
+    except (KeyError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"not a packed lift: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != PACK_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise ValueError(f"packed lift of version {version!r}, wanted {PACK_VERSION!r}")
+    return meta
 
 
 def vectors_to_bytes(vectors: np.ndarray) -> bytes:
