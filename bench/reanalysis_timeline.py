@@ -1,13 +1,16 @@
 """Where a cached reanalysis spends its time, from its workflow history (issue 14).
 
     nice -n 5 python bench/reanalysis_timeline.py /usr/bin/gzip [--repeat 6]
+        [--sqlite-pragma journal_mode=delete ...]
 
 One stack (bench/service.py's, started children on): a warm-up analysis, the sample's
 first analysis, then --repeat reanalyses (prediction deleted, queued again, 5 s apart).
 For each reanalysis it prints the run's duration, its stages, and the time of each
 history event from the run's start: workflow tasks (WTs scheduled, WTst started, WTc
 completed), local activities (LA, one marker each), the embed activity (ATs, ATst, ATc)
-and the end. Nothing is written; BENCHMARKS.md quotes its output.
+and the end. The dev server keeps its state as `make up`'s does (deploy/temporal_dev.py)
+unless --sqlite-pragma is given (its own default journal: --sqlite-pragma none). Nothing
+is written; BENCHMARKS.md quotes its output.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +37,7 @@ from service import (  # noqa: E402
 )
 
 from common.contracts import MODEL_NAME, workflow_id  # noqa: E402
+from deploy.temporal_dev import SQLITE_PRAGMAS  # noqa: E402
 
 SHORT = {"workflow_execution_started": "START", "workflow_task_scheduled": "WTs",
          "workflow_task_started": "WTst", "workflow_task_completed": "WTc",
@@ -41,14 +46,14 @@ SHORT = {"workflow_execution_started": "START", "workflow_task_scheduled": "WTs"
          "workflow_execution_completed": "END"}
 
 
-async def timeline(sample: Path, repeat: int) -> None:
+async def timeline(sample: Path, repeat: int, pragmas: Sequence[str]) -> None:
     import httpx
     from temporalio.client import Client
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-timeline-") as tmp, \
             stack(Path(tmp), env={"AE_WARM_CHILDREN": "1", "AE_CPU_SLOTS": "1"},
-                  temporal_port=port) as urls:
+                  temporal_port=port, sqlite_pragmas=pragmas) as urls:
         client = await Client.connect(f"127.0.0.1:{port}")
         async with httpx.AsyncClient(base_url=urls[0], timeout=120) as http:
             (warm,) = small_binaries(1, Path(tmp) / "warm")
@@ -82,8 +87,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sample", type=Path)
     parser.add_argument("--repeat", type=int, default=6)
+    parser.add_argument("--sqlite-pragma", action="append", dest="pragmas", metavar="P=V",
+                        help="the dev server's SQLite pragmas instead of make up's "
+                             f"({' '.join(SQLITE_PRAGMAS)}); 'none' for its own default")
     args = parser.parse_args()
-    asyncio.run(timeline(args.sample, args.repeat))
+    pragmas = SQLITE_PRAGMAS if args.pragmas is None else [
+        p for p in args.pragmas if p != "none"]
+    print(f"dev server SQLite pragmas: {' '.join(pragmas) or 'none (its default)'}")
+    asyncio.run(timeline(args.sample, args.repeat, pragmas))
 
 
 if __name__ == "__main__":

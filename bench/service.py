@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.launch import Deployment, free_port  # noqa: E402
+from deploy.temporal_dev import SQLITE_PRAGMAS, dev_server_flags  # noqa: E402
 
 MODEL = "FESTIVE Func Sim"
 MODEL_URL = "FESTIVE%20Func%20Sim"
@@ -131,18 +132,20 @@ def cmd_parallel(args: argparse.Namespace) -> None:
 # --- a started stack ----------------------------------------------------------------------
 @contextlib.contextmanager
 def stack(base: Path, cpu_workers: int = 1, env: dict[str, str] | None = None,
-          api_workers: int = 1, temporal_port: int | None = None) -> Iterator[list[str]]:
+          api_workers: int = 1, temporal_port: int | None = None,
+          sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS) -> Iterator[list[str]]:
     """Temporal dev server + orchestration, cpu (xN), gpu workers + API(s); yields API URLs.
-    The dev server listens on `temporal_port` (default: a free port)."""
+    The dev server listens on `temporal_port` (default: a free port) and keeps its state
+    as `make up`'s does (deploy/temporal_dev.py; `sqlite_pragmas` to compare others)."""
     temporal_port = temporal_port or free_port()
     base.mkdir(parents=True, exist_ok=True)
     cli = Path(python()).parent / "temporal"
     log = open(base / "temporal.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [str(cli), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(temporal_port),
-         "--headless", "--db-filename", str(base / "temporal.db"), "--log-level", "warn",
-         "--search-attribute", "Sha256=Keyword", "--search-attribute", "ModelName=Keyword",
-         "--search-attribute", "Stage=Keyword"], stdout=log, stderr=subprocess.STDOUT)
+         "--headless", "--log-level", "warn",
+         *dev_server_flags(base / "temporal.db", sqlite_pragmas)],
+        stdout=log, stderr=subprocess.STDOUT)
     deployment = Deployment(base, env={
         **os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}", "AE_AUTH": "disabled",
         "AE_BLOB_URL": str(base / "blobs"),

@@ -1,6 +1,7 @@
 """The custom search attributes operators filter on in the Temporal Web UI.
 
-Registered on the dev server by temporal-dev/up.sh and the test fixtures.
+Registered on the dev server with the flags of deploy/temporal_dev.py (make up, the
+benchmarks, the fault tests) and by the test fixtures.
 """
 
 from __future__ import annotations

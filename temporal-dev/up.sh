@@ -56,12 +56,11 @@ wait_for_port() {  # host port name
   exit 1
 }
 
+# its search attributes, its state file and SQLite's settings (deploy/temporal_dev.py)
+mapfile -t DEV_SERVER_FLAGS < <("$VENV/bin/python" -m deploy.temporal_dev "$AE_DATA_DIR/temporal.db")
 "$VENV/bin/temporal" server start-dev \
   --ip "$TEMPORAL_IP" --ui-ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_INNER_PORT" \
-  --ui-disable-news-fetch \
-  --db-filename "$AE_DATA_DIR/temporal.db" \
-  --search-attribute Sha256=Keyword --search-attribute ModelName=Keyword \
-  --search-attribute Stage=Keyword \
+  --ui-disable-news-fetch "${DEV_SERVER_FLAGS[@]}" \
   --log-level warn >"$AE_DATA_DIR/logs/temporal.log" 2>&1 &
 pids+=($!)
 wait_for_port "$TEMPORAL_IP" "$TEMPORAL_PORT" "Temporal"

@@ -29,6 +29,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from api.app import create_app
 from common.config import PROJECT_ROOT, Settings
 from common.contracts import MODEL_NAME, workflow_id
+from deploy.temporal_dev import dev_server_flags
 from tests.conftest import TEMPORAL_CLI, compile_c, lift_children, submit, wait_for_final
 
 KEY = "faults-internal-key"
@@ -93,9 +94,7 @@ class Services:
         command = [
             str(TEMPORAL_CLI), "server", "start-dev", "--ip", "127.0.0.1",
             "--port", str(self.port), "--ui-port", str(self.ui_port), "--headless",
-            "--db-filename", str(self.root / "temporal.db"), "--log-level", "warn",
-            "--search-attribute", "Sha256=Keyword", "--search-attribute", "ModelName=Keyword",
-            "--search-attribute", "Stage=Keyword",
+            "--log-level", "warn", *dev_server_flags(self.root / "temporal.db"),
         ]
         with open(self.log("temporal"), "ab") as log:
             self.temporal = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
