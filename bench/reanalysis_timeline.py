@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service import (  # noqa: E402
     MODEL_URL,
+    add_pragma_option,
+    chosen_pragmas,
     free_port,
     run_duration,
     small_binaries,
@@ -37,7 +39,6 @@ from service import (  # noqa: E402
 )
 
 from common.contracts import MODEL_NAME, workflow_id  # noqa: E402
-from deploy.temporal_dev import SQLITE_PRAGMAS  # noqa: E402
 
 SHORT = {"workflow_execution_started": "START", "workflow_task_scheduled": "WTs",
          "workflow_task_started": "WTst", "workflow_task_completed": "WTc",
@@ -87,12 +88,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sample", type=Path)
     parser.add_argument("--repeat", type=int, default=6)
-    parser.add_argument("--sqlite-pragma", action="append", dest="pragmas", metavar="P=V",
-                        help="the dev server's SQLite pragmas instead of make up's "
-                             f"({' '.join(SQLITE_PRAGMAS)}); 'none' for its own default")
+    add_pragma_option(parser)
     args = parser.parse_args()
-    pragmas = SQLITE_PRAGMAS if args.pragmas is None else [
-        p for p in args.pragmas if p != "none"]
+    pragmas = chosen_pragmas(args)
     print(f"dev server SQLite pragmas: {' '.join(pragmas) or 'none (its default)'}")
     asyncio.run(timeline(args.sample, args.repeat, pragmas))
 

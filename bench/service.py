@@ -76,6 +76,19 @@ def write(name: str, result: dict[str, Any]) -> None:
     print(f"-> {out}")
 
 
+def add_pragma_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sqlite-pragma", action="append", dest="pragmas", metavar="P=V",
+                        help="the dev server's SQLite pragmas instead of make up's "
+                             f"({' '.join(SQLITE_PRAGMAS)}); 'none' for its own default")
+
+
+def chosen_pragmas(args: argparse.Namespace) -> list[str]:
+    """--sqlite-pragma's choice: make up's pragmas when none was given."""
+    if args.pragmas is None:
+        return list(SQLITE_PRAGMAS)
+    return [pragma for pragma in args.pragmas if pragma != "none"]
+
+
 # --- parallel lift ------------------------------------------------------------------------
 PHASES_SCRIPT = r"""
 import json, os, sys, time
@@ -363,7 +376,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp, \
             stack(Path(tmp), env={"AE_CPU_SLOTS": "1", "AE_LIFT_WORKERS": "1"},
-                  api_workers=args.api_workers) as urls:
+                  api_workers=args.api_workers, sqlite_pragmas=chosen_pragmas(args)) as urls:
         samples = small_binaries(args.in_flight + 5, Path(tmp) / "src")
 
         async def measure() -> dict[str, Any]:
@@ -461,6 +474,7 @@ def main() -> None:
     p.add_argument("--api-workers", type=int, default=1)
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the stack's logs here at the end (each API request is a line)")
+    add_pragma_option(p)
     p = sub.add_parser("throughput")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--cpu-workers", type=int, nargs="+", default=[1, 2])

@@ -5,10 +5,10 @@ that keeps its state in a file, how SQLite keeps it.
 
 SQLite runs with a write-ahead log and synchronous=FULL. The dev server's own default, a
 rollback journal, costs ~0.9 ms of fsyncs per commit on the 2-core machine here against
-~0.26 ms, and every step of a workflow is a commit: a cached reanalysis of gzip took
-~148 ms with it against ~128 ms (BENCHMARKS.md, reanalysis round 4). FULL keeps every
-commit durable; NORMAL was no faster in that run and may lose the last commits on a
-power cut.
+~0.26 ms, and every step of a workflow is a commit: in four alternated pairs of runs a
+cached reanalysis of gzip took a median 146-153 ms with it against 128-144 ms
+(BENCHMARKS.md, reanalysis round 4). FULL keeps every commit durable; NORMAL was no
+faster there and may lose the last commits on a power cut.
 """
 
 from __future__ import annotations

@@ -100,9 +100,9 @@ class Services:
             self.temporal = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
 
-    def stop_temporal(self) -> None:
+    def stop_temporal(self, sig: int = signal.SIGTERM) -> None:
         if self.temporal is not None:
-            stop(self.temporal)
+            stop(self.temporal, sig)
             self.temporal = None
 
     def start_worker(self, role: str, prefix: str, **env: str) -> subprocess.Popen[bytes]:
@@ -324,13 +324,14 @@ async def test_kill_9_of_a_cpu_worker_mid_lift(services: Services, medium_binary
 
 
 async def test_temporal_server_restart_mid_run(services: Services, medium_binary: Path) -> None:
-    """Stop the dev server during the lift, start it again on the same SQLite file."""
+    """Kill the dev server (SIGKILL, as a crash would) during the lift, start it again on
+    the same SQLite file and its write-ahead log (deploy/temporal_dev.py)."""
     async with stack(services, "restart") as s:
         cpu = {role: s.worker(role) for role in ROLES}["cpu"]
         sha256 = await submit(s.api, variant(medium_binary, "restart"), "restart")
         await wait_until(lambda: lift_children(cpu.pid), 120, "the lift child")
 
-        services.stop_temporal()
+        services.stop_temporal(signal.SIGKILL)
         try:
             # While Temporal is away the API still serves rows: Get Status answers from
             # the row (what the workflow recorded), Get Prediction Info the row itself.
