@@ -19,8 +19,11 @@ its way goes on and is kept for the requests after it. A run with no row has not
 else to answer: it waits for Temporal, and gets its error. The row changing (the
 workflow records a new status, the sample is queued again) retires the entry at once.
 Requests for a run whose describe() is on its way share that one instead of sending
-their own; at most CONCURRENT_DESCRIBES are sent at once. Bounded: least recently used
-out first.
+their own; at most AE_STATUS_DESCRIBES (1 by default) are sent at once: a process that
+starts (or a client that starts polling) with many open runs asks about each of them, and
+that burst took the cores the requests are answered on (the Temporal server's share of
+it most of all); requests beyond it get the row's view after AE_STATUS_WAIT_S. Bounded:
+least recently used out first.
 
 An ended run's view is kept without a time limit by api/finished.py.
 """
@@ -53,12 +56,6 @@ CAPACITY = 10_000
 # At 2, with 100 runs polled at 500/s, describe() calls slowed by a busy Temporal server
 # let views age past it and a second of requests waited (p99 651 ms; BENCHMARKS.md).
 STALE_FACTOR = 5
-# At most this many describe() calls on their way at once, per API process: a process
-# that starts (or a client that starts polling) with many open runs asks about each of
-# them at once, and that burst would take the cores the requests are answered on (the
-# Temporal server's share of it most of all); requests beyond it get the row's view
-# after AE_STATUS_WAIT_S.
-CONCURRENT_DESCRIBES = 8
 # A view falls due a little before its refresh, by a random part of up to this much of
 # it: views first asked together (a client polling many runs) are not asked again
 # together.
@@ -79,10 +76,10 @@ class _Kept:
 
 
 class RecentViews:
-    def __init__(self, max_age_s: float, wait_s: float,
+    def __init__(self, max_age_s: float, wait_s: float, concurrent: int,
                  unavailable: tuple[type[BaseException], ...] = (),
                  capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic,
-                 jitter: float = JITTER, concurrent: int = CONCURRENT_DESCRIBES) -> None:
+                 jitter: float = JITTER) -> None:
         self.max_age_s = max_age_s
         self.wait_s = wait_s
         self.unavailable = unavailable  # describe()'s errors that mean "Temporal is away"
@@ -92,6 +89,7 @@ class RecentViews:
         self.described = 0  # describe() calls made through here (the tests count them)
         self._entries: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._asking = SharedCalls()  # the describe() calls on their way
+        self.concurrent = concurrent
         self._describing = asyncio.Semaphore(concurrent)  # ... of which sent to Temporal
         self.most_at_once = 0  # the most describe() calls sent at once (the tests read it)
         self._sent = 0

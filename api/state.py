@@ -43,6 +43,7 @@ class ApiState:
     def __post_init__(self) -> None:
         self.running = RecentViews(self.settings.status_refresh_s,
                                    self.settings.status_wait_s,
+                                   self.settings.status_describes,
                                    unavailable=(RPCError, TemporalUnreachable))
 
     async def temporal(self) -> Client:

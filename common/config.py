@@ -95,6 +95,7 @@ _BOUNDS: tuple[tuple[str, str, float, float], ...] = (
     ("rate_limit", "AE_RATE_LIMIT", 0, math.inf),
     ("status_refresh_s", "AE_STATUS_REFRESH_S", 0, 3600),
     ("status_wait_s", "AE_STATUS_WAIT_S", 0.001, 60),
+    ("status_describes", "AE_STATUS_DESCRIBES", 1, 10_000),
     ("rate_burst", "AE_RATE_BURST", 0, math.inf),
     ("upload_quota_bytes", "AE_UPLOAD_QUOTA", 0, math.inf),
     ("upload_quota_window_s", "AE_UPLOAD_QUOTA_WINDOW_S", 1, math.inf),
@@ -201,6 +202,16 @@ class Settings:
     # has (an older one, or the database row's).
     status_wait_s: float = field(
         default_factory=lambda: _env_float("AE_STATUS_WAIT_S", 0.025)
+    )
+    # ... and sends at most this many describe() calls at once: a client that starts
+    # polling many runs would otherwise send a burst of them, and its share of the
+    # Temporal server and of the API process slowed every request of that second. One
+    # at a time answered 100 runs polled at 500/s within 50 ms (p99) where 8 did not
+    # (BENCHMARKS.md, Get Status round 7); raise it where Temporal has cores of its own
+    # and many more runs are polled (each run's view is refreshed within
+    # AE_STATUS_REFRESH_S only while describes keep up).
+    status_describes: int = field(
+        default_factory=lambda: _env_int("AE_STATUS_DESCRIBES", 1)
     )
     # How the gpu worker embeds (festive.card.PRECISIONS): "float32" as trained, or
     # "bfloat16" autocast (faster where the chip has bfloat16 units; bench/bf16.md).

@@ -33,6 +33,7 @@ BAD_VALUES = [
     ("DATABASE_URL", f"mysql://ae:{PASSWORD}@db/ae", "names the driver 'mysql'"),
     ("DATABASE_URL", "not a url at all", "expected sqlite+aiosqlite:///PATH"),
     ("AE_EMBED_PRECISION", "fp16", "expected one of float32, bfloat16"),
+    ("AE_STATUS_DESCRIBES", "0", "expected at least 1"),
 ]
 
 

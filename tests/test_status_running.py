@@ -32,9 +32,10 @@ from tests.test_faults import Services
 async def test_open_run_is_described_once_per_refresh(settings: Settings, client: Client
                                                       ) -> None:
     async with api_app(dataclasses.replace(
-            settings, status_refresh_s=300, status_wait_s=60,
+            settings, status_refresh_s=300, status_wait_s=60, status_describes=2,
             orchestration_queue_override=f"nobody-polls-{uuid.uuid4().hex[:8]}"), client
     ) as (state, http):
+        assert state.running.concurrent == 2  # AE_STATUS_DESCRIBES
         sha256 = await submit(http, b"\x7fELF open run " + uuid.uuid4().bytes, "open-run")
         url = f"/predictions/{sha256}/status"
         try:
@@ -79,7 +80,7 @@ async def test_a_due_view_is_answered_at_once_and_refreshed_behind_it() -> None:
     request that finds the kept view due gets it at once, and the next ones get the new
     view when it is in. A run polled now and then, or a view too old, is waited for."""
     now = [0.0]
-    views = RecentViews(max_age_s=1.0, wait_s=60, clock=lambda: now[0], jitter=0)
+    views = RecentViews(max_age_s=1.0, wait_s=60, concurrent=8, clock=lambda: now[0], jitter=0)
     slow = asyncio.Event()
 
     async def describe() -> tuple[str, dict[str, int]]:
@@ -136,7 +137,8 @@ async def test_no_request_waits_for_temporal_longer_than_the_wait() -> None:
     the same row, else the row's own; the describe() goes on, is shared, and is kept for
     the requests after it. A run without a row has nothing else to answer: it waits."""
     now = [0.0]
-    views = RecentViews(max_age_s=1.0, wait_s=0.05, clock=lambda: now[0], jitter=0)
+    views = RecentViews(max_age_s=1.0, wait_s=0.05, concurrent=8, clock=lambda: now[0],
+                        jitter=0)
     release = asyncio.Event()
 
     async def describe() -> tuple[str, dict[str, int]]:
@@ -185,7 +187,8 @@ async def test_temporal_away_is_answered_from_the_row_and_other_errors_are_not()
     """A describe() that fails with one of the `unavailable` errors (Temporal away) is
     answered like a late one; any other error is the request's, and so is Temporal's
     error for a run without a row."""
-    views = RecentViews(max_age_s=1.0, wait_s=5, unavailable=(ConnectionError,), jitter=0)
+    views = RecentViews(max_age_s=1.0, wait_s=5, concurrent=8, unavailable=(ConnectionError,),
+                        jitter=0)
     failure: list[Exception] = [ConnectionError("Temporal is away")]
 
     async def describe() -> tuple[str, dict[str, int]]:
